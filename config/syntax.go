@@ -1,0 +1,169 @@
+package config
+
+import (
+	"bytes"
+	"unicode/utf8"
+)
+
+// entry is one Key=Value assignment, with where it was written.
+type entry struct {
+	section string
+	key     string
+	value   string
+	pos     Pos
+}
+
+// header is one [Section] line.
+type header struct {
+	name string
+	pos  Pos
+}
+
+// syntax is what the lexer found in one file: assignments and section
+// headers in file order.
+type syntax struct {
+	entries []entry
+	headers []header
+}
+
+// lex splits a file in systemd's unit-file syntax into assignments. It
+// reports every malformed line, not only the first.
+func lex(file string, data []byte) (syntax, Errors) {
+	var (
+		out     syntax
+		errs    Errors
+		section string
+		// A continued assignment accumulates here until its last line.
+		cont      []byte
+		contStart int
+	)
+	flush := func(text []byte, line int) {
+		if len(text) == 0 {
+			return
+		}
+		p := Pos{File: file, Line: line}
+		if text[0] == '[' {
+			name, ok := sectionName(text)
+			if !ok {
+				errs.add(p, "%q is not a valid section header; write it as [Name]", text)
+				section = ""
+				return
+			}
+			section = name
+			out.headers = append(out.headers, header{name, p})
+			return
+		}
+		eq := bytes.IndexByte(text, '=')
+		if eq < 0 {
+			errs.add(p, "%q is neither a Key=Value assignment, a [Section] header nor a comment", text)
+			return
+		}
+		key := string(bytes.TrimSpace(text[:eq]))
+		if !validKey(key) {
+			errs.add(p, "%q is not a valid key name; keys are letters, digits and dashes", key)
+			return
+		}
+		if section == "" {
+			if len(out.headers) == 0 {
+				errs.add(p, "%s= comes before any section; put it under a [Section] header", key)
+			}
+			return // under a malformed header: already reported
+		}
+		value := bytes.TrimSpace(text[eq+1:])
+		if bytes.HasSuffix(value, []byte(`\`)) {
+			// Written to a unit, it would swallow the next line.
+			errs.add(p, "the value of %s= ends with a backslash; remove it", key)
+			return
+		}
+		out.entries = append(out.entries, entry{section, key, string(value), p})
+	}
+
+	line := 0
+	for len(data) > 0 {
+		line++
+		var raw []byte
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			raw, data = data[:i], data[i+1:]
+		} else {
+			raw, data = data, nil
+		}
+		raw = bytes.TrimSuffix(raw, []byte("\r"))
+		if bad, ok := checkText(raw); !ok {
+			errs.add(Pos{file, line}, "the line contains %s; remove it", bad)
+			continue
+		}
+		text := bytes.TrimSpace(raw)
+		if len(text) > 0 && (text[0] == '#' || text[0] == ';') {
+			continue // comments are skipped, also inside a continuation
+		}
+		if cont == nil && len(text) == 0 {
+			continue
+		}
+		if cont == nil {
+			contStart = line
+		}
+		if t, ok := bytes.CutSuffix(text, []byte(`\`)); ok {
+			cont = append(append(cont, t...), ' ')
+			continue
+		}
+		if cont != nil {
+			text = append(cont, text...)
+			cont = nil
+		}
+		flush(bytes.TrimSpace(text), contStart)
+	}
+	if cont != nil { // a continuation on the last line ends the value
+		flush(bytes.TrimSpace(cont), contStart)
+	}
+	return out, errs
+}
+
+func sectionName(text []byte) (string, bool) {
+	if len(text) < 3 || text[len(text)-1] != ']' {
+		return "", false
+	}
+	name := text[1 : len(text)-1]
+	for _, c := range name {
+		if c == '[' || c == ']' || c == ' ' || c == '\t' {
+			return "", false
+		}
+	}
+	return string(name), true
+}
+
+func validKey(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// checkText refuses what must never reach a generated unit or a kernel
+// command line: invalid UTF-8 and control characters other than tab.
+func checkText(b []byte) (string, bool) {
+	for i := 0; i < len(b); {
+		c := b[i]
+		if c < utf8.RuneSelf {
+			if c < 0x20 && c != '\t' || c == 0x7f {
+				return "a control character", false
+			}
+			i++
+			continue
+		}
+		r, n := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && n == 1 {
+			return "bytes that are not UTF-8", false
+		}
+		if r >= 0x80 && r < 0xa0 || r == 0x2028 || r == 0x2029 {
+			return "a control character", false
+		}
+		i += n
+	}
+	return "", true
+}
