@@ -1,0 +1,91 @@
+# umlsd — build, install and test.
+#
+#   make                 build binaries into bin/, units and man pages into build/
+#   make install         install (honours DESTDIR and PREFIX)
+#   make test            every test tier (unit, privileged, end-to-end)
+#   make deps            install the Debian packages the tests need
+#   make bench           generator benchmark (wall time and peak RSS)
+
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+LIBEXECDIR ?= $(PREFIX)/libexec
+MANDIR     ?= $(PREFIX)/share/man
+SYSCONFDIR ?= /etc
+# systemd only looks for units and generators in its own directories: ask it.
+SYSTEMD_UNITDIR      ?= $(shell pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null || echo /lib/systemd/system)
+SYSTEMD_GENERATORDIR ?= $(shell pkg-config --variable=systemdsystemgeneratordir systemd 2>/dev/null || echo /lib/systemd/system-generators)
+
+GO      ?= go
+GOFLAGS ?= -trimpath
+TESTTIMEOUT ?= 60m
+FUZZTIME ?= 15s
+
+# Debian packages the test tiers need (systemd-nspawn for the throwaway
+# machine; a UML kernel, busybox and e2fsprogs for guest images).
+DEB_PACKAGES := pkg-config systemd systemd-container user-mode-linux busybox-static e2fsprogs
+
+COMMANDS := uml-generator
+UNITS    := uml@.service uml.target
+MANPAGES := uml.conf.5
+
+all: build
+
+build: $(addprefix bin/,$(COMMANDS)) $(addprefix build/units/,$(UNITS)) $(addprefix build/man/,$(MANPAGES))
+
+# The generator links guests to the template where make install puts it.
+LDFLAGS := -X main.templatePath=$(SYSTEMD_UNITDIR)/uml@.service
+
+bin/%: FORCE
+	$(GO) build $(GOFLAGS) -ldflags '$(LDFLAGS)' -o $@ ./cmd/$*
+
+# Units name the installed binaries by absolute path.
+build/units/%: units/% Makefile
+	@mkdir -p $(@D)
+	sed -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' -e 's|@BINDIR@|$(BINDIR)|g' $< >$@
+
+build/man/%: doc/%.md
+	@mkdir -p $(@D)
+	$(GO) tool go-md2man -in $< -out $@
+
+install: build
+	install -D -m 0755 bin/uml-generator $(DESTDIR)$(SYSTEMD_GENERATORDIR)/uml-generator
+	install -D -m 0644 -t $(DESTDIR)$(SYSTEMD_UNITDIR) $(addprefix build/units/,$(UNITS))
+	install -D -m 0644 build/man/uml.conf.5 $(DESTDIR)$(MANDIR)/man5/uml.conf.5
+	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/uml
+
+uninstall:
+	rm -f $(DESTDIR)$(SYSTEMD_GENERATORDIR)/uml-generator
+	rm -f $(addprefix $(DESTDIR)$(SYSTEMD_UNITDIR)/,$(UNITS))
+	rm -f $(DESTDIR)$(MANDIR)/man5/uml.conf.5
+
+# Installs what is missing, nothing if everything is there.
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+# As root, install what the tests need; as another user, the tests that need
+# root say so and skip (in CI they fail).
+test-deps:
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory deps; fi
+
+lint:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+
+test: test-deps build lint
+	$(GO) test -count=1 -timeout $(TESTTIMEOUT) ./...
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./config
+
+bench: bin/uml-generator
+	$(GO) run ./generator/bench
+
+clean:
+	rm -rf bin build
+
+FORCE:
+.PHONY: all build install uninstall deps test-deps lint test bench clean FORCE
