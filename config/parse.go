@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"regexp"
@@ -108,9 +109,23 @@ func Parse(name string, srcs ...Source) (*Guest, error) {
 		g.pos["["+k+"]"] = p
 	}
 	if len(d.errs) > 0 {
+		sortErrors(d.errs, srcs)
 		return nil, d.errs
 	}
 	return g, nil
+}
+
+// sortErrors puts errors in the order of the files and lines they name.
+func sortErrors(errs Errors, srcs []Source) {
+	fileIndex := func(name string) int {
+		return slices.IndexFunc(srcs, func(s Source) bool { return s.Path == name })
+	}
+	slices.SortStableFunc(errs, func(a, b *Error) int {
+		if c := cmp.Compare(fileIndex(a.Pos.File), fileIndex(b.Pos.File)); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Pos.Line, b.Pos.Line)
+	})
 }
 
 // ValidName reports whether s may name a guest: ^[a-z0-9][a-z0-9_-]{0,31}$.
@@ -451,7 +466,7 @@ func (d *decoder) network(g *Guest) {
 			n.Addresses = append(n.Addresses, p)
 		}
 	}
-	if len(n.Addresses) == 0 && n.AntiSpoofing {
+	if len(d.list(s, "Address")) == 0 && n.AntiSpoofing {
 		d.errs.add(d.missingPos(s, g.Path), "Address= is missing in [Network]; list the guest's addresses, or set AntiSpoofing=no to let it use any")
 	}
 	if g.Ready.Kind == ReadyTCP && len(n.Addresses) == 0 {
