@@ -101,7 +101,7 @@ func (gen Generator) load() (*config.Set, error) {
 }
 
 func (gen Generator) result(set *config.Set) error {
-	gen.Log.Debug(fmt.Sprintf("generated %d guests from %s, %d failed", len(set.Guests), gen.Loader.Dir, len(set.Failed)))
+	gen.Log.Debug(fmt.Sprintf("%s: %d guests generated, %d failed", gen.Loader.Dir, len(set.Guests), len(set.Failed)))
 	if len(set.Failed) > 0 {
 		return ErrFailed
 	}
