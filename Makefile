@@ -81,8 +81,8 @@ test: test-deps build lint
 	$(GO) test -count=1 -timeout $(TESTTIMEOUT) ./...
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./config
 
-bench: bin/uml-generator
-	$(GO) run ./generator/bench
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 20x ./cmd/uml-generator
 
 clean:
 	rm -rf bin build

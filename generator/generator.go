@@ -4,10 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
-	"path"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 
@@ -32,11 +30,28 @@ func (gen Generator) Run(dir string) error {
 	if err != nil {
 		return err
 	}
-	root, err := os.OpenRoot(dir)
+	out, err := openOutDir(dir)
 	if err != nil {
-		return fmt.Errorf("opening the output directory: %w", err)
+		return err
 	}
-	defer root.Close()
+	defer out.close()
+
+	// The .wants/ and .requires/ directories are shared between guests.
+	var linkDirs []string
+	for _, g := range set.Guests {
+		for _, u := range g.WantedBy {
+			linkDirs = append(linkDirs, u+".wants")
+		}
+		for _, u := range g.RequiredBy {
+			linkDirs = append(linkDirs, u+".requires")
+		}
+	}
+	slices.Sort(linkDirs)
+	for _, d := range slices.Compact(linkDirs) {
+		if err := out.mkdir(d); err != nil {
+			return err
+		}
+	}
 
 	// This runs at every boot and daemon-reload: write on every core.
 	errs := make([]error, len(set.Guests))
@@ -45,12 +60,7 @@ func (gen Generator) Run(dir string) error {
 	for range min(runtime.GOMAXPROCS(0), len(set.Guests)) {
 		wg.Go(func() {
 			for i := range next {
-				for _, f := range Render(set.Guests[i], gen.Options) {
-					if err := writeFile(root, f); err != nil {
-						errs[i] = fmt.Errorf("writing %s: %w", path.Join(dir, f.Path), err)
-						break
-					}
-				}
+				errs[i] = writeGuest(out, set.Guests[i], gen.Options)
 			}
 		})
 	}
@@ -63,6 +73,18 @@ func (gen Generator) Run(dir string) error {
 		return err
 	}
 	return gen.result(set)
+}
+
+func writeGuest(out *outDir, g *config.Guest, opts Options) error {
+	if err := out.mkdir(g.UnitName() + ".d"); err != nil {
+		return err
+	}
+	for _, f := range Render(g, opts) {
+		if err := out.write(f); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // DryRun prints what Run would write, relative to the output directory.
@@ -106,25 +128,4 @@ func (gen Generator) result(set *config.Set) error {
 		return ErrFailed
 	}
 	return nil
-}
-
-// writeFile writes one generated file below root. Running the generator
-// again into the same directory rewrites its files.
-func writeFile(root *os.Root, f File) error {
-	if err := root.Mkdir(path.Dir(f.Path), 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-		return err
-	}
-	if f.Link == "" {
-		return root.WriteFile(f.Path, f.Data, 0o644)
-	}
-	err := root.Symlink(f.Link, f.Path)
-	if errors.Is(err, fs.ErrExist) {
-		if target, rerr := root.Readlink(f.Path); rerr == nil && target == f.Link {
-			return nil
-		}
-		if err = root.Remove(f.Path); err == nil {
-			err = root.Symlink(f.Link, f.Path)
-		}
-	}
-	return err
 }
