@@ -43,9 +43,10 @@ build/units/%: units/% Makefile
 	@mkdir -p $(@D)
 	sed -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' -e 's|@BINDIR@|$(BINDIR)|g' $< >$@
 
-build/man/%: doc/%.md
+# go-md2man turns hyphenation off before .TH, which turns it on again.
+build/man/%: doc/%.md Makefile
 	@mkdir -p $(@D)
-	$(GO) tool go-md2man -in $< -out $@
+	$(GO) tool go-md2man -in $< | sed -e '/^\.TH /a .nr HY 0' -e '/^\.TH /a .hy 0' >$@
 
 install: build
 	install -D -m 0755 bin/uml-generator $(DESTDIR)$(SYSTEMD_GENERATORDIR)/uml-generator
