@@ -24,7 +24,12 @@ type Error struct {
 	Msg string
 }
 
-func (e *Error) Error() string { return e.Pos.String() + ": " + e.Msg }
+func (e *Error) Error() string {
+	if e.Pos == (Pos{}) { // about no file, such as an invalid guest name
+		return e.Msg
+	}
+	return e.Pos.String() + ": " + e.Msg
+}
 
 // Errors is every problem found in one guest's files, in file order.
 type Errors []*Error

@@ -339,7 +339,7 @@ func (d *decoder) guest(g *Guest) {
 		}
 		p, err := ParsePath(v, true)
 		if err != nil {
-			return "", fmt.Errorf("is neither no nor a usable path: it %s", strings.TrimPrefix(err.Error(), "is "))
+			return "", fmt.Errorf("is neither no nor a usable path: it %s", err)
 		}
 		return p, nil
 	})
@@ -351,6 +351,9 @@ func (d *decoder) guest(g *Guest) {
 		switch {
 		case err != nil:
 			d.badItem("Disk", it, err)
+		case !disk.ReadOnly && strings.HasSuffix(p, ":ro"):
+			// Written back as Disk=p, it would read as a read-only disk.
+			d.badItem("Disk", it, fmt.Errorf("names %s, which ends in :ro like a read-only disk; rename the file or use a symbolic link", p))
 		case used[p]:
 			d.badItem("Disk", it, fmt.Errorf("names %s, which this guest already uses; give each disk its own file", p))
 		case len(g.Disks) == 15:
@@ -361,7 +364,10 @@ func (d *decoder) guest(g *Guest) {
 		}
 	}
 	if g.Cow != "" && g.Cow == g.RootImage {
-		e, _ := d.single(s, "Cow")
+		e, set := d.single(s, "Cow")
+		if !set { // the default COW file: blame RootImage=
+			e, _ = d.single(s, "RootImage")
+		}
 		d.errs.add(e.pos, "Cow=%s is the root image itself; give the COW file its own path, or write Cow=no", g.Cow)
 	}
 	g.Memory = DefaultMemory

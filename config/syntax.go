@@ -33,6 +33,8 @@ func lex(file string, data []byte) (syntax, Errors) {
 		out     syntax
 		errs    Errors
 		section string
+		// sawHeader is set by the first header line, valid or not.
+		sawHeader bool
 		// A continued assignment accumulates here until its last line.
 		cont      []byte
 		contStart int
@@ -43,6 +45,7 @@ func lex(file string, data []byte) (syntax, Errors) {
 		}
 		p := Pos{File: file, Line: line}
 		if text[0] == '[' {
+			sawHeader = true
 			name, ok := sectionName(text)
 			if !ok {
 				errs.add(p, "%q is not a valid section header; write it as [Name]", text)
@@ -64,7 +67,7 @@ func lex(file string, data []byte) (syntax, Errors) {
 			return
 		}
 		if section == "" {
-			if len(out.headers) == 0 {
+			if !sawHeader {
 				errs.add(p, "%s= comes before any section; put it under a [Section] header", key)
 			}
 			return // under a malformed header: already reported

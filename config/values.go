@@ -115,8 +115,12 @@ func ParseTimespan(s string) (Timespan, error) {
 		if !ok {
 			return Timespan{}, errTimespan
 		}
-		// Whole units exactly; a fraction of one unit cannot overflow.
-		if n > uint64(math.MaxInt64/d) || total > math.MaxInt64-time.Duration(n)*d-d {
+		// Whole units exactly; leave room for a fraction of one unit.
+		room := time.Duration(0)
+		if frac != "" {
+			room = d
+		}
+		if n > uint64(math.MaxInt64/d) || total > math.MaxInt64-time.Duration(n)*d-room {
 			return Timespan{}, errors.New("is too long; use infinity for no limit")
 		}
 		total += time.Duration(n) * d
@@ -443,7 +447,9 @@ func managedKernelArg(word string) bool {
 		return true
 	}
 	for _, d := range managedKernelDevices {
-		if rest, ok := strings.CutPrefix(key, d); ok && (rest == "" || rest[0] >= '0' && rest[0] <= '9') {
+		// UML's ubd option also takes a device letter (ubda= is ubd0=),
+		// and the kernel hands it every word that starts with ubd.
+		if rest, ok := strings.CutPrefix(key, d); ok && (rest == "" || rest[0] >= '0' && rest[0] <= '9' || d == "ubd") {
 			return true
 		}
 	}
