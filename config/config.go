@@ -66,9 +66,9 @@ type Guest struct {
 	Unit    []Setting
 	Service []Setting
 
-	// pos says where each "Section.Key" and "[Section]" was written, for
-	// errors found after parsing (conflicts between guests).
-	pos map[string]Pos
+	// claims is what the guest uses that other guests may not, found at
+	// parse time with the positions that conflict errors name.
+	claims []claim
 }
 
 // Disk is a further block device (ubd1, ubd2, …).

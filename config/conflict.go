@@ -14,10 +14,12 @@ type claim struct {
 	fix       string
 }
 
-func (g *Guest) claims() []claim {
+// claims lists what a valid guest uses, with where the configuration says
+// so. It runs once per guest, at parse time, while positions are known.
+func (d *decoder) claims(g *Guest) []claim {
 	var cs []claim
-	add := func(kind, value string, exclusive bool, key, fix string) {
-		cs = append(cs, claim{kind, value, exclusive, g.posOf(key), fix})
+	add := func(kind, value string, exclusive bool, pos Pos, fix string) {
+		cs = append(cs, claim{kind, value, exclusive, pos, fix})
 	}
 	const (
 		file       = "the file"
@@ -26,47 +28,34 @@ func (g *Guest) claims() []claim {
 		ownAccount = "guests share an account only when each of them names it with User="
 	)
 	if g.Cow != "" {
-		add(file, g.Cow, true, "Guest.Cow", "give each guest its own COW file with Cow=")
-		add(file, g.RootImage, false, "Guest.RootImage", theyWrite)
+		add(file, g.Cow, true, d.where("Guest", "Cow", g.Path), "give each guest its own COW file with Cow=")
+		add(file, g.RootImage, false, d.where("Guest", "RootImage", g.Path), theyWrite)
 	} else {
-		add(file, g.RootImage, true, "Guest.RootImage", weWrite)
+		add(file, g.RootImage, true, d.where("Guest", "RootImage", g.Path), weWrite)
 	}
-	for _, d := range g.Disks {
-		if d.ReadOnly {
-			add(file, d.Path, false, "Guest.Disk", theyWrite)
+	for i, it := range d.list("Guest", "Disk") { // all valid: one item per disk
+		if g.Disks[i].ReadOnly {
+			add(file, g.Disks[i].Path, false, it.pos, theyWrite)
 		} else {
-			add(file, d.Path, true, "Guest.Disk", weWrite)
+			add(file, g.Disks[i].Path, true, it.pos, weWrite)
 		}
 	}
 	if g.UserIsDefault {
-		add("the account", g.User, true, "[Guest]", "it is this guest's default account, and "+ownAccount)
+		add("the account", g.User, true, d.where("Guest", "User", g.Path), "it is this guest's default account, and "+ownAccount)
 	} else {
-		add("the account", g.User, false, "Guest.User", "it is that guest's default account, and "+ownAccount)
+		add("the account", g.User, false, d.where("Guest", "User", g.Path), "it is that guest's default account, and "+ownAccount)
 	}
 	if n := g.Network; n != nil {
-		add("the tap", n.Tap, true, "Network.Tap", "give each guest its own Tap=")
-		add("the MAC address", n.MAC.String(), true, "Network.MAC", "give each guest its own MAC=")
-		for _, a := range n.Addresses {
-			add("the address", a.Addr().String(), true, "Network.Address", "an address belongs to one guest")
+		// A tap is deleted when its guest stops: its name must be its own,
+		// and no other guest's bridge.
+		add("the interface", n.Tap, true, d.where("Network", "Tap", g.Path), "a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=")
+		add("the interface", n.Bridge, false, d.where("Network", "Bridge", g.Path), "that guest's tap has this name and is deleted when that guest stops; choose another Tap= there")
+		add("the MAC address", n.MAC.String(), true, d.where("Network", "MAC", g.Path), "give each guest its own MAC=")
+		for i, it := range d.list("Network", "Address") {
+			add("the address", n.Addresses[i].Addr().String(), true, it.pos, "an address belongs to one guest")
 		}
 	}
 	return cs
-}
-
-// posOf says where a key was written, falling back to its section header
-// and then to the first line of the main file.
-func (g *Guest) posOf(key string) Pos {
-	if p, ok := g.pos[key]; ok {
-		return p
-	}
-	for i := range key {
-		if key[i] == '.' {
-			if p, ok := g.pos["["+key[:i]+"]"]; ok {
-				return p
-			}
-		}
-	}
-	return Pos{File: g.Path, Line: 1}
 }
 
 // findConflicts returns, for each guest (nil entries are skipped), what it
@@ -81,7 +70,7 @@ func findConflicts(guests []*Guest) []Errors {
 		if g == nil {
 			continue
 		}
-		for _, c := range g.claims() {
+		for _, c := range g.claims {
 			k := [2]string{c.kind, c.value}
 			byThing[k] = append(byThing[k], owner{i, c})
 		}
@@ -91,7 +80,7 @@ func findConflicts(guests []*Guest) []Errors {
 		if g == nil {
 			continue
 		}
-		for _, c := range g.claims() {
+		for _, c := range g.claims {
 			for _, o := range byThing[[2]string{c.kind, c.value}] {
 				if o.guest == i || !c.exclusive && !o.claim.exclusive {
 					continue

@@ -364,15 +364,22 @@ func TestLoadAllConflicts(t *testing.T) {
 			"b.conf": guestConf("10.1.1.11", "Tap=tap0"),
 			"c.conf": guestConf("10.1.1.12"),
 		}, summary{Guests: []string{"c"}, Failed: []string{
-			"a (DIR/a.conf): DIR/a.conf:6: the tap tap0 is also used by guest b (b.conf); give each guest its own Tap=",
-			"b (DIR/b.conf): DIR/b.conf:6: the tap tap0 is also used by guest a (a.conf); give each guest its own Tap=",
+			"a (DIR/a.conf): DIR/a.conf:6: the interface tap0 is also used by guest b (b.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
+			"b (DIR/b.conf): DIR/b.conf:6: the interface tap0 is also used by guest a (a.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
 		}}},
 		{"Tap= naming another guest's default tap", map[string]string{
 			"a.conf": guestConf("10.1.1.10"),
 			"b.conf": guestConf("10.1.1.11", "Tap=uml-a"),
 		}, summary{Failed: []string{
-			"a (DIR/a.conf): DIR/a.conf:3: the tap uml-a is also used by guest b (b.conf); give each guest its own Tap=",
-			"b (DIR/b.conf): DIR/b.conf:6: the tap uml-a is also used by guest a (a.conf); give each guest its own Tap=",
+			"a (DIR/a.conf): DIR/a.conf:3: the interface uml-a is also used by guest b (b.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
+			"b (DIR/b.conf): DIR/b.conf:6: the interface uml-a is also used by guest a (a.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
+		}}},
+		{"Tap= naming another guest's bridge", map[string]string{
+			"a.conf": guestConf("10.1.1.10"),
+			"b.conf": withGuest("[Network]", "Bridge=br1", "Address=10.1.1.11", "Tap=br0"),
+		}, summary{Failed: []string{
+			"a (DIR/a.conf): DIR/a.conf:4: the interface br0 is also used by guest b (b.conf); that guest's tap has this name and is deleted when that guest stops; choose another Tap= there",
+			"b (DIR/b.conf): DIR/b.conf:6: the interface br0 is also used by guest a (a.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
 		}}},
 		{"same MAC", map[string]string{
 			"a.conf": guestConf("10.1.1.10", "MAC=52:54:00:00:00:01"),
@@ -450,17 +457,17 @@ func TestLoadAllConflicts(t *testing.T) {
 			"b.conf": guestConf("10.1.1.11", "Tap=tap0"),
 			"c.conf": guestConf("10.1.1.12", "Tap=tap0"),
 		}, summary{Failed: []string{
-			"a (DIR/a.conf): DIR/a.conf:6: the tap tap0 is also used by guest b (b.conf); give each guest its own Tap=",
-			"b (DIR/b.conf): DIR/b.conf:6: the tap tap0 is also used by guest a (a.conf); give each guest its own Tap=",
-			"c (DIR/c.conf): DIR/c.conf:6: the tap tap0 is also used by guest a (a.conf); give each guest its own Tap=",
+			"a (DIR/a.conf): DIR/a.conf:6: the interface tap0 is also used by guest b (b.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
+			"b (DIR/b.conf): DIR/b.conf:6: the interface tap0 is also used by guest a (a.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
+			"c (DIR/c.conf): DIR/c.conf:6: the interface tap0 is also used by guest a (a.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
 		}}},
 		{"several conflicts of one guest", map[string]string{
 			"a.conf": guestConf("10.1.1.10", "Tap=tap0"),
 			"b.conf": guestConf("10.1.1.10", "Tap=tap0"),
 		}, summary{Failed: []string{
-			"a (DIR/a.conf): DIR/a.conf:6: the tap tap0 is also used by guest b (b.conf); give each guest its own Tap=\n" +
+			"a (DIR/a.conf): DIR/a.conf:6: the interface tap0 is also used by guest b (b.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=\n" +
 				"DIR/a.conf:5: the address 10.1.1.10 is also used by guest b (b.conf); an address belongs to one guest",
-			"b (DIR/b.conf): DIR/b.conf:6: the tap tap0 is also used by guest a (a.conf); give each guest its own Tap=\n" +
+			"b (DIR/b.conf): DIR/b.conf:6: the interface tap0 is also used by guest a (a.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=\n" +
 				"DIR/b.conf:5: the address 10.1.1.10 is also used by guest a (a.conf); an address belongs to one guest",
 		}}},
 		{"a broken guest conflicts with none", map[string]string{

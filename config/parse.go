@@ -101,17 +101,11 @@ func Parse(name string, srcs ...Source) (*Guest, error) {
 	d.network(g)
 	d.firewall(g)
 	d.install(g)
-	g.pos = make(map[string]Pos, len(d.vals)+len(d.headers))
-	for k, es := range d.vals {
-		g.pos[k] = es[0].pos
-	}
-	for k, p := range d.headers {
-		g.pos["["+k+"]"] = p
-	}
 	if len(d.errs) > 0 {
 		sortErrors(d.errs, srcs)
 		return nil, d.errs
 	}
+	g.claims = d.claims(g)
 	return g, nil
 }
 
@@ -288,6 +282,14 @@ func (d *decoder) list(section, key string) []item {
 	return items
 }
 
+// where says where a key was set, or would be missing.
+func (d *decoder) where(section, key, file string) Pos {
+	if e, ok := d.single(section, key); ok {
+		return e.pos
+	}
+	return d.missingPos(section, file)
+}
+
 // missingPos is where to report a missing key: the section's header, or
 // the first line of the main file when the section is missing too.
 func (d *decoder) missingPos(section, file string) Pos {
@@ -393,6 +395,10 @@ func (d *decoder) guest(g *Guest) {
 			d.badItem("KernelArguments", it, fmt.Errorf("is set by uml-supervisor from the configuration; remove it"))
 			continue
 		}
+		if strings.Contains(it.value, `"`) || !isASCII(it.value) {
+			d.badItem("KernelArguments", it, fmt.Errorf("contains a double quote or characters outside ASCII, which the kernel would read across words; remove them"))
+			continue
+		}
 		g.KernelArguments = append(g.KernelArguments, it.value)
 	}
 	str(d, s, "Ready", &g.Ready, ParseReady)
@@ -455,6 +461,9 @@ func (d *decoder) network(g *Guest) {
 		str(d, s, "Tap", &n.Tap, ParseInterfaceName)
 	} else if n.Tap = "uml-" + g.Name; len(n.Tap) > MaxTapName {
 		d.errs.add(d.missingPos(s, g.Path), "the default tap name %s is longer than %d bytes; set Tap= in [Network]", n.Tap, MaxTapName)
+	}
+	if n.Tap != "" && n.Tap == n.Bridge {
+		d.errs.add(d.where(s, "Tap", g.Path), "the tap %s has the name of the bridge; uml-supervisor deletes the tap when the guest stops, so choose another Tap=", n.Tap)
 	}
 	n.MAC = DefaultMAC(g.Name)
 	str(d, s, "MAC", &n.MAC, ParseMAC)

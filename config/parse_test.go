@@ -210,10 +210,6 @@ func TestParseErrors(t *testing.T) {
 			"dns.conf:3: the line contains a control character; remove it"},
 		{"comment after a value is part of the value", "", withGuest("Memory=1G # one gig"),
 			"dns.conf:3: Memory=1G # one gig is not a size; write a whole number with K, M or G, such as 256M"},
-		{"value ending with a backslash", "", withGuest(`Description=C:\\`, "", "Memory=1G"),
-			"dns.conf:3: the value of Description= ends with a backslash; remove it"},
-		{"value ending with a backslash at the end of the file", "", withGuest(`Description=C:\\`),
-			"dns.conf:3: the value of Description= ends with a backslash; remove it"},
 
 		// Unknown sections and keys.
 		{"unknown key", "", withGuest("Memroy=1G"),
@@ -436,6 +432,21 @@ func TestParseFixedByKey(t *testing.T) {
 	}
 }
 
+func TestParseKernelArgumentsOutsideASCIIOrQuoted(t *testing.T) {
+	for _, arg := range []string{`init="/bin/sh`, "caf\u00e9", "x=\u00e0"} {
+		t.Run(arg, func(t *testing.T) {
+			_, err := parse("dns", withGuest("KernelArguments="+arg))
+			want := fmt.Sprintf("dns.conf:3: KernelArguments=%s contains a double quote or characters outside ASCII, which the kernel would read across words; remove them", arg)
+			checkError(t, want, err)
+		})
+	}
+}
+
+func TestParseTapNamedLikeItsBridge(t *testing.T) {
+	_, err := parse("dns", guestConf("10.1.1.10", "Tap=br0"))
+	checkError(t, "dns.conf:6: the tap br0 has the name of the bridge; uml-supervisor deletes the tap when the guest stops, so choose another Tap=", err)
+}
+
 func TestParseManagedKernelArguments(t *testing.T) {
 	for _, arg := range []string{
 		"mem=64M", "root=/dev/ubda", "ubd0=/srv/x.img", "ubd1r=/srv/x.img", "ubda=/srv/x.img", "ubdb=/srv/x.img", "ubd=3",
@@ -571,6 +582,10 @@ func TestParseSyntax(t *testing.T) {
 				g.Memory = 1 << 30
 				g.Network = defaultNetwork("dns", "br0", "10.1.1.10/32")
 			}},
+		{"escaped backslash at the end is not a continuation", withGuest(`Description=C:\\`, "Memory=1G"),
+			func(g *Guest) { g.Description, g.Memory = `C:\\`, 1<<30 }},
+		{"three backslashes: an escaped one and a continuation", withGuest(`Description=C:\\\`, "D"),
+			func(g *Guest) { g.Description = `C:\\ D` }},
 		{"non-ASCII text", withGuest("Description=Gästebuch – ünïcödé"),
 			func(g *Guest) { g.Description = "Gästebuch – ünïcödé" }},
 	})

@@ -72,13 +72,7 @@ func lex(file string, data []byte) (syntax, Errors) {
 			}
 			return // under a malformed header: already reported
 		}
-		value := bytes.TrimSpace(text[eq+1:])
-		if bytes.HasSuffix(value, []byte(`\`)) {
-			// Written to a unit, it would swallow the next line.
-			errs.add(p, "the value of %s= ends with a backslash; remove it", key)
-			return
-		}
-		out.entries = append(out.entries, entry{section, key, string(value), p})
+		out.entries = append(out.entries, entry{section, key, string(bytes.TrimSpace(text[eq+1:])), p})
 	}
 
 	line := 0
@@ -105,8 +99,11 @@ func lex(file string, data []byte) (syntax, Errors) {
 		if cont == nil {
 			contStart = line
 		}
-		if t, ok := bytes.CutSuffix(text, []byte(`\`)); ok {
-			cont = append(append(cont, t...), ' ')
+		// An odd number of trailing backslashes continues the line; an
+		// even number is escaped backslashes, as systemd reads it. So no
+		// value ends in a backslash that would continue a generated line.
+		if n := len(text) - len(bytes.TrimRight(text, `\`)); n%2 == 1 {
+			cont = append(append(cont, text[:len(text)-1]...), ' ')
 			continue
 		}
 		if cont != nil {

@@ -163,10 +163,12 @@ func FormatTimespan(t Timespan) string {
 	return strings.Join(parts, " ")
 }
 
-// ParsePath accepts an absolute path and returns it cleaned. Paths end up on
-// the kernel's command line and in unit files, where white space separates
-// words: it is refused, and so is a comma where UML's ubd option uses it.
-func ParsePath(s string, noComma bool) (string, error) {
+// ParsePath accepts an absolute path and returns it cleaned. Paths end up
+// in unit files, where white space separates words and quotes and
+// backslashes are interpreted: those are refused. A path for UML's ubd
+// option (onCmdline) may not contain a comma, its separator, nor anything
+// outside ASCII: the kernel splits its command line at byte 0xA0 too.
+func ParsePath(s string, onCmdline bool) (string, error) {
 	if !strings.HasPrefix(s, "/") {
 		return "", errors.New("is not an absolute path; start it with /")
 	}
@@ -176,8 +178,11 @@ func ParsePath(s string, noComma bool) (string, error) {
 	if strings.ContainsAny(s, "\"'\\") {
 		return "", errors.New("contains a quote or a backslash, which systemd would interpret; rename the file or use a symbolic link")
 	}
-	if noComma && strings.Contains(s, ",") {
+	if onCmdline && strings.Contains(s, ",") {
 		return "", errors.New("contains a comma, which UML's ubd option uses as a separator; rename the file or use a symbolic link")
+	}
+	if onCmdline && !isASCII(s) {
+		return "", errors.New("contains characters outside ASCII, which the kernel command line may split; rename the file or use a symbolic link")
 	}
 	return filepath.Clean(s), nil
 }
@@ -359,6 +364,11 @@ func validHostName(s string) bool {
 	if s == "" || len(s) > 253 {
 		return false
 	}
+	// A name whose last label is all digits (10.1.1) is a mistyped
+	// address, which a resolver would read in surprising ways.
+	if last := s[strings.LastIndexByte(s, '.')+1:]; strings.Trim(last, "0123456789") == "" {
+		return false
+	}
 	for _, label := range strings.Split(s, ".") {
 		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
 			return false
@@ -429,6 +439,15 @@ func parseUnitName(s string) (string, error) {
 		return "", errors.New("is a template; name an instance such as foo@bar" + suffix)
 	}
 	return s, nil
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 // Kernel parameters the supervisor sets itself: these exact keys, and the
