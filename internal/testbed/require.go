@@ -1,0 +1,81 @@
+package testbed
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"testing"
+)
+
+// inCI reports whether the tests run in CI, where a privileged test that
+// cannot run is a failure rather than a skip.
+func inCI() bool {
+	return os.Getenv("CI") == "true"
+}
+
+// skipOrFail skips the test locally and fails it in CI.
+func skipOrFail(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if inCI() {
+		t.Fatalf("%s (CI=true: a skipped privileged test is a failure)", msg)
+	}
+	t.Skip(msg)
+}
+
+// RequireRoot skips the test when it does not run as root, unless CI=true is
+// set in the environment: there it fails the test, because in CI a skip of a
+// privileged test is a failure.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		skipOrFail(t, "test needs root (euid is %d)", os.Geteuid())
+	}
+}
+
+// packageOf names the Debian package that provides a program the tests use.
+func packageOf(program string) string {
+	switch program {
+	case "systemd-nspawn":
+		return "systemd-container"
+	case "nsenter", "unshare", "setpriv":
+		return "util-linux"
+	case "mount", "umount", "findmnt":
+		return "mount"
+	case "systemctl", "journalctl":
+		return "systemd"
+	case "linux.uml":
+		return "user-mode-linux"
+	case "uml_mconsole", "uml_moo", "uml_mkcow":
+		return "uml-utilities"
+	case "busybox":
+		return "busybox-static"
+	case "mke2fs", "e2fsck":
+		return "e2fsprogs"
+	case "iptables":
+		return "iptables"
+	case "ip":
+		return "iproute2"
+	case "make":
+		return "make"
+	case "pkg-config":
+		return "pkg-config"
+	}
+	return ""
+}
+
+// RequireCommands skips the test when one of the programs is not in PATH,
+// with the same rule as RequireRoot: in CI (CI=true) it fails the test. The
+// message names the Debian package that provides the program.
+func RequireCommands(t testing.TB, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		if _, err := exec.LookPath(name); err == nil {
+			continue
+		}
+		if pkg := packageOf(name); pkg != "" {
+			skipOrFail(t, "test needs %s (Debian package %s): run `make deps` as root", name, pkg)
+		}
+		skipOrFail(t, "test needs %s, which is not in PATH: run `make deps` as root", name)
+	}
+}
