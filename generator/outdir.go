@@ -3,6 +3,7 @@ package generator
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -22,7 +23,12 @@ type outDir struct {
 	path string
 }
 
+// openOutDir opens the output directory, creating it for a run by hand
+// (systemd passes one that exists).
 func openOutDir(path string) (*outDir, error) {
+	if err := os.MkdirAll(path, 0o755); err != nil {
+		return nil, fmt.Errorf("creating the output directory: %w", err)
+	}
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("opening the output directory %s: %w", path, err)

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"umlsd/internal/testbed"
 )
 
 func TestUsage(t *testing.T) {
@@ -26,12 +28,7 @@ func TestUsage(t *testing.T) {
 // TestProtocol: one directory or three (NORMAL EARLY LATE); only NORMAL is
 // written to. The loader insists on root-owned files, so it needs root.
 func TestProtocol(t *testing.T) {
-	if os.Getuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("this test needs root, and CI runs as root")
-		}
-		t.Skip("needs root: the configuration must be owned by root")
-	}
+	testbed.RequireRoot(t)
 	conf := t.TempDir()
 	if err := os.WriteFile(filepath.Join(conf, "web.conf"), []byte("[Guest]\nRootImage=/srv/web.img\n[Install]\nWantedBy=multi-user.target\n"), 0o644); err != nil {
 		t.Fatal(err)

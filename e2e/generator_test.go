@@ -1,0 +1,197 @@
+// Package e2e holds the end-to-end tests: the project installed into a
+// throwaway systemd machine (internal/testbed) and driven as an
+// administrator would drive it.
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"umlsd/internal/testbed"
+)
+
+// Configurations as an administrator writes them. The images need not
+// exist for systemd to load the units.
+var configs = map[string]string{
+	"/etc/uml/dns.conf": `[Guest]
+RootImage=/var/lib/uml/images/debian-bind.img
+Memory=256M
+
+[Network]
+Bridge=br0
+Address=10.1.1.10
+
+[Firewall]
+AcceptIn=udp/53 tcp/53
+ConnectOut=udp/53@!10.1.1.0/24 tcp/53@!10.1.1.0/24
+ConnectOut=udp/514@logserver
+HostAccess=tcp/22
+
+[Install]
+WantedBy=multi-user.target
+`,
+	"/etc/uml/web.conf": `[Guest]
+Description=Web server, 100% jailed
+RootImage=/srv/uml/web.img
+ReadyTimeout=5min
+
+[Service]
+MemoryMax=300M
+`,
+	"/etc/uml/web.conf.d/10-memory.conf": `[Guest]
+Memory=512M
+`,
+	// Line 3 is wrong; the generator must say so and skip only this guest.
+	"/etc/uml/broken.conf": `[Guest]
+RootImage=/srv/uml/broken.img
+Memroy=64M
+`,
+}
+
+// supervisor is where the template expects uml-supervisor (make install's
+// default PREFIX).
+const supervisor = "/usr/local/libexec/umlsd/uml-supervisor"
+
+func bootWithConfigs(t *testing.T) *testbed.Machine {
+	t.Helper()
+	testbed.RequireRoot(t)
+	testbed.RequireCommands(t, "systemd-nspawn", "make", "go")
+	files := map[string][]byte{}
+	for path, conf := range configs {
+		files[path] = []byte(conf)
+	}
+	// dns is [Install]ed: at boot systemd starts it, and without a
+	// supervisor yet that start fails and the machine is "degraded".
+	return testbed.Boot(t.Context(), t, testbed.Options{Install: true, Files: files, AllowDegraded: true})
+}
+
+func TestSystemdLoadsGeneratedUnits(t *testing.T) {
+	m := bootWithConfigs(t)
+
+	cat := m.MustRun(t, "systemctl", "cat", "uml@dns.service")
+	for _, want := range []string{
+		"# /lib/systemd/system/uml@.service",
+		"# /run/systemd/generator/uml@dns.service.d/10-umlsd.conf",
+		"SourcePath=/etc/uml/dns.conf",
+		"RequiresMountsFor=/usr/bin/linux.uml /var/lib/uml/images/debian-bind.img /var/lib/uml/dns/root.cow",
+	} {
+		if !strings.Contains(cat, want) {
+			t.Errorf("systemctl cat uml@dns lacks %q:\n%s", want, cat)
+		}
+	}
+
+	// What systemd made of the drop-ins: timeouts with their margins,
+	// pass-through, the group target, the description.
+	for unit, want := range map[string][]string{
+		"uml@dns.service": {"Description=User-Mode Linux guest dns", "TimeoutStartUSec=2min", "TimeoutStopUSec=1min",
+			"PartOf=uml.target", "Type=notify", "NotifyAccess=main", "KillMode=mixed"},
+		"uml@web.service": {"Description=Web server, 100% jailed", "TimeoutStartUSec=5min 30s", "MemoryMax=314572800",
+			"SourcePath=/etc/uml/web.conf"},
+	} {
+		show := m.MustRun(t, "systemctl", "show", unit)
+		for _, w := range want {
+			if !slices.Contains(strings.Split(show, "\n"), w) {
+				t.Errorf("systemctl show %s lacks %q", unit, w)
+			}
+		}
+	}
+
+	// A broken file produces no unit, and says why in the journal.
+	if out, _, _ := m.Run(t.Context(), "systemctl", "show", "-P", "SourcePath", "uml@broken.service"); strings.TrimSpace(out) != "" {
+		t.Errorf("uml@broken.service has SourcePath %q; a broken configuration must generate nothing", out)
+	}
+
+	// systemd-analyze verify is clean for our files. It exits 0 on
+	// warnings, so read what it says.
+	_, stderr, err := m.Run(t.Context(), "systemd-analyze", "verify", "uml@dns.service", "uml@web.service", "uml.target")
+	var ours []string
+	for _, line := range strings.Split(strings.TrimSpace(stderr), "\n") {
+		if line == "" || !strings.Contains(line, "uml") {
+			continue
+		}
+		// Until the supervisor exists (it comes with its own issue), verify
+		// rightly says it is missing and exits 1; once it is installed this
+		// exception no longer applies.
+		if _, statErr := os.Stat(filepath.Join(m.Root(), supervisor)); os.IsNotExist(statErr) &&
+			strings.HasSuffix(line, "Command "+supervisor+" is not executable: No such file or directory") {
+			continue
+		}
+		ours = append(ours, line)
+	}
+	if len(ours) > 0 {
+		t.Errorf("systemd-analyze verify warns about our units:\n%s", strings.Join(ours, "\n"))
+	}
+	if err != nil && !strings.Contains(stderr, supervisor+" is not executable") {
+		t.Errorf("systemd-analyze verify: %v", err)
+	}
+
+	// systemctl enable works on the template.
+	m.MustRun(t, "systemctl", "enable", "uml@web.service")
+	if got := strings.TrimSpace(m.MustRun(t, "systemctl", "is-enabled", "uml@web.service")); got != "enabled" {
+		t.Errorf("systemctl is-enabled uml@web = %q, want enabled", got)
+	}
+}
+
+// TestGeneratorByHand: an administrator checks the configurations by
+// running the generator; there is no /dev/kmsg in a container and none
+// must appear.
+func TestGeneratorByHand(t *testing.T) {
+	m := bootWithConfigs(t)
+	gen := "/lib/systemd/system-generators/uml-generator"
+	stdout, stderr, err := m.Run(t.Context(), gen, "/root/gen-out")
+	if err == nil {
+		t.Fatalf("%s succeeded with a broken configuration; stderr:\n%s", gen, stderr)
+	}
+	want := "uml-generator: /etc/uml/broken.conf:3: Memroy= is not a key of [Guest]; did you mean Memory=?\n" +
+		"uml-generator: /etc/uml/broken.conf: no unit generated for uml@broken.service; fix the errors above and run systemctl daemon-reload\n"
+	if stderr != want {
+		t.Errorf("stderr:\n%s\nwant:\n%s", stderr, want)
+	}
+	if stdout != "" {
+		t.Errorf("stdout: %q, want nothing", stdout)
+	}
+	// The other guests were generated all the same, and nothing for the
+	// broken one.
+	m.MustRun(t, "test", "-f", "/root/gen-out/uml@dns.service.d/10-umlsd.conf")
+	m.MustRun(t, "test", "-f", "/root/gen-out/uml@web.service.d/10-umlsd.conf")
+	m.MustRun(t, "test", "!", "-e", "/root/gen-out/uml@broken.service.d")
+	m.MustRun(t, "test", "!", "-e", "/dev/kmsg")
+
+	// --dry-run shows what would be written, writes nothing, and fails
+	// like the real run.
+	dry, stderr, err := m.Run(t.Context(), gen, "--dry-run", "/root/dry")
+	if err == nil || stderr != want {
+		t.Errorf("--dry-run = %v, stderr:\n%s; want the broken file's error", err, stderr)
+	}
+	if !strings.Contains(dry, "# uml@web.service.d/10-umlsd.conf") {
+		t.Errorf("--dry-run output lacks the web drop-in:\n%s", dry)
+	}
+	m.MustRun(t, "test", "!", "-e", "/root/dry")
+}
+
+// TestInstalledGuestPulledInAtBoot: a guest with [Install]
+// WantedBy=multi-user.target is part of the next boot's transaction.
+func TestInstalledGuestPulledInAtBoot(t *testing.T) {
+	m := bootWithConfigs(t)
+	m.Reboot(t.Context(), t)
+	deps := m.MustRun(t, "systemctl", "list-dependencies", "--plain", "--no-pager", "multi-user.target")
+	if !strings.Contains(deps, "uml@dns.service") {
+		t.Errorf("multi-user.target does not pull in uml@dns.service after a reboot:\n%s", deps)
+	}
+	if strings.Contains(deps, "uml@web.service") {
+		t.Errorf("multi-user.target pulls in uml@web.service, which has no [Install]:\n%s", deps)
+	}
+	// systemd did start it at boot: it left the inactive state (and, with
+	// no supervisor yet, failed on the missing binary rather than hanging).
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	out, _, err := m.Run(ctx, "systemctl", "show", "-P", "InactiveExitTimestampMonotonic", "uml@dns.service")
+	if err != nil || strings.TrimSpace(out) == "0" || strings.TrimSpace(out) == "" {
+		t.Errorf("uml@dns.service was never started at boot: InactiveExitTimestampMonotonic=%q (%v)", out, err)
+	}
+}
