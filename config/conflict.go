@@ -59,20 +59,29 @@ func (d *decoder) claims(g *Guest) []claim {
 }
 
 // findConflicts returns, for each guest (nil entries are skipped), what it
-// claims that another guest claims too.
+// claims that another guest claims too. It is linear in the number of
+// claims: many guests share a bridge or a backing image.
 func findConflicts(guests []*Guest) []Errors {
-	type owner struct {
-		guest int
-		claim claim
-	}
-	byThing := map[[2]string][]owner{}
+	// For each thing claimed: its first two claimants (to name another
+	// one), and its first exclusive claimant.
+	type claimants struct{ first, second, exclusive int }
+	things := make(map[[2]string]claimants, 8*len(guests))
 	for i, g := range guests {
 		if g == nil {
 			continue
 		}
 		for _, c := range g.claims {
 			k := [2]string{c.kind, c.value}
-			byThing[k] = append(byThing[k], owner{i, c})
+			t, seen := things[k]
+			if !seen {
+				t = claimants{first: i, second: -1, exclusive: -1}
+			} else if t.second < 0 && t.first != i {
+				t.second = i
+			}
+			if c.exclusive && t.exclusive < 0 {
+				t.exclusive = i
+			}
+			things[k] = t
 		}
 	}
 	out := make([]Errors, len(guests))
@@ -81,13 +90,19 @@ func findConflicts(guests []*Guest) []Errors {
 			continue
 		}
 		for _, c := range g.claims {
-			for _, o := range byThing[[2]string{c.kind, c.value}] {
-				if o.guest == i || !c.exclusive && !o.claim.exclusive {
-					continue
-				}
-				other := guests[o.guest]
-				out[i].add(c.pos, "%s %s is also used by guest %s (%s); %s", c.kind, c.value, other.Name, filepath.Base(other.Path), c.fix)
-				break
+			t := things[[2]string{c.kind, c.value}]
+			other := -1
+			switch {
+			case c.exclusive && t.first != i:
+				other = t.first
+			case c.exclusive:
+				other = t.second
+			case t.exclusive >= 0 && t.exclusive != i:
+				other = t.exclusive
+			}
+			if other >= 0 {
+				o := guests[other]
+				out[i].add(c.pos, "%s %s is also used by guest %s (%s); %s", c.kind, c.value, o.Name, filepath.Base(o.Path), c.fix)
 			}
 		}
 	}

@@ -3,15 +3,15 @@ package config
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
-	"sync"
-	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"umlsd/internal/parallel"
 )
 
 // DefaultDir is where the configurations live.
@@ -38,6 +38,9 @@ type Failure struct {
 	Name string
 	Path string
 	Err  error
+	// Guest is the guest when its only problems are conflicts with other
+	// guests, found after it was parsed (and passed to LoadAllFunc's visit).
+	Guest *Guest
 }
 
 // Load reads one guest's main file and drop-ins. The error names the file
@@ -53,14 +56,26 @@ func (l Loader) Load(name string) (*Guest, error) {
 	if _, err := os.Lstat(filepath.Join(l.Dir, name+".conf.d")); err == nil {
 		hasDropIns = true
 	}
-	return l.load(name, hasDropIns)
+	isLink := false
+	if fi, err := os.Lstat(filepath.Join(l.Dir, name+".conf")); err == nil {
+		isLink = fi.Mode()&fs.ModeSymlink != 0
+	}
+	return l.load(name, isLink, hasDropIns)
 }
 
 // LoadAll reads every guest in the directory; a missing directory holds no
 // guest. One guest's errors never keep another from loading; guests that
 // conflict with each other (same tap, MAC, address, COW file, …) all fail.
 // The error is for a directory that cannot be read or trusted.
-func (l Loader) LoadAll() (*Set, error) {
+func (l Loader) LoadAll() (*Set, error) { return l.LoadAllFunc(nil) }
+
+// LoadAllFunc is LoadAll that also passes each guest that parses to visit,
+// as soon as it is parsed, from several goroutines at once: the generator
+// writes a guest's units while others are still being parsed. Conflicts
+// between guests are known only at the end; a visited guest that turns out
+// to conflict is in Set.Failed with its Guest set, and the caller undoes
+// what visit did for it.
+func (l Loader) LoadAllFunc(visit func(*Guest)) (*Set, error) {
 	set := &Set{}
 	dirents, err := os.ReadDir(l.Dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -73,6 +88,8 @@ func (l Loader) LoadAll() (*Set, error) {
 		return nil, err
 	}
 	var names []string
+	links := map[string]bool{} // also: which names have a main file
+	hasMain := func(name string) bool { _, ok := links[name]; return ok }
 	dropInDirs := map[string]bool{}
 	for _, de := range dirents {
 		fname := de.Name()
@@ -84,40 +101,36 @@ func (l Loader) LoadAll() (*Set, error) {
 		switch {
 		case ok && ValidName(base):
 			names = append(names, base)
+			links[base] = de.Type()&fs.ModeSymlink != 0
 		case isBackup(fname):
 		default:
 			set.Warnings = append(set.Warnings, fmt.Sprintf("%s: ignored: guest configurations are named NAME.conf, NAME being 1 to 32 lower-case letters, digits, dashes and underscores", filepath.Join(l.Dir, fname)))
 		}
 	}
 	for _, de := range dirents { // ReadDir sorts by name: deterministic
-		if base, ok := strings.CutSuffix(de.Name(), ".conf.d"); ok && dropInDirs[base] && !slices.Contains(names, base) {
+		if base, ok := strings.CutSuffix(de.Name(), ".conf.d"); ok && dropInDirs[base] && !hasMain(base) {
 			set.Warnings = append(set.Warnings, fmt.Sprintf("%s: ignored: there is no %s.conf for these drop-ins to apply to", filepath.Join(l.Dir, de.Name()), base))
 		}
 	}
 
-	// Parse on every core: this runs at every boot and daemon-reload.
+	// This runs at every boot and daemon-reload: parse on every core.
 	guests := make([]*Guest, len(names))
 	errs := make([]error, len(names))
-	var wg sync.WaitGroup
-	next := make(chan int)
-	for range min(runtime.GOMAXPROCS(0), len(names)) {
-		wg.Go(func() {
-			for i := range next {
-				guests[i], errs[i] = l.load(names[i], dropInDirs[names[i]])
-			}
-		})
-	}
-	for i := range names {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
+	parallel.Each(len(names), func(i int) {
+		guests[i], errs[i] = l.load(names[i], links[names[i]], dropInDirs[names[i]])
+		if visit != nil && guests[i] != nil {
+			visit(guests[i])
+		}
+	})
 
 	conflicts := findConflicts(guests)
 	for i, name := range names {
-		err := errors.Join(errs[i], conflicts[i].err())
-		if err != nil {
-			set.Failed = append(set.Failed, &Failure{Name: name, Path: filepath.Join(l.Dir, name+".conf"), Err: err})
+		f := &Failure{Name: name, Path: filepath.Join(l.Dir, name+".conf"), Err: errs[i]}
+		if err := conflicts[i].err(); err != nil {
+			f.Err, f.Guest = err, guests[i]
+		}
+		if f.Err != nil {
+			set.Failed = append(set.Failed, f)
 			continue
 		}
 		set.Guests = append(set.Guests, guests[i])
@@ -125,9 +138,9 @@ func (l Loader) LoadAll() (*Set, error) {
 	return set, nil
 }
 
-func (l Loader) load(name string, hasDropIns bool) (*Guest, error) {
+func (l Loader) load(name string, isLink, hasDropIns bool) (*Guest, error) {
 	path := filepath.Join(l.Dir, name+".conf")
-	main, err := l.readTrusted(path)
+	main, err := l.readTrusted(path, isLink)
 	if err != nil {
 		return nil, err
 	}
@@ -156,7 +169,7 @@ func (l Loader) readDropIns(dir string) ([]Source, error) {
 		if !strings.HasSuffix(de.Name(), ".conf") || strings.HasPrefix(de.Name(), ".") {
 			continue
 		}
-		src, err := l.readTrusted(filepath.Join(dir, de.Name()))
+		src, err := l.readTrusted(filepath.Join(dir, de.Name()), de.Type()&fs.ModeSymlink != 0)
 		if err != nil {
 			return nil, err
 		}
@@ -168,23 +181,27 @@ func (l Loader) readDropIns(dir string) ([]Source, error) {
 // readTrusted reads a file that must be owned by Owner and not writable by
 // group or others; through a symbolic link, so must be the directory of its
 // target.
-func (l Loader) readTrusted(path string) (Source, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return Source{}, fmt.Errorf("%s: cannot be read: %w", path, errors.Unwrap(err))
-	}
-	defer f.Close()
-	fi, err := f.Stat()
+//
+// It uses raw system calls: this runs for every file at every boot and
+// daemon-reload, and os.File's extra calls per file (non-blocking mode,
+// poller registration) would double the time spent reading.
+func (l Loader) readTrusted(path string, isLink bool) (Source, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return Source{}, fmt.Errorf("%s: cannot be read: %w", path, err)
 	}
-	if !fi.Mode().IsRegular() {
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return Source{}, fmt.Errorf("%s: cannot be read: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return Source{}, fmt.Errorf("%s: is not a regular file; a guest configuration must be one", path)
 	}
-	if err := l.checkOwner(path, fi); err != nil {
+	if err := l.checkOwner(path, st.Uid, st.Mode, false); err != nil {
 		return Source{}, err
 	}
-	if lfi, err := os.Lstat(path); err == nil && lfi.Mode()&fs.ModeSymlink != 0 {
+	if isLink {
 		target, err := filepath.EvalSymlinks(path)
 		if err != nil {
 			return Source{}, fmt.Errorf("%s: cannot resolve the symbolic link: %w", path, err)
@@ -193,43 +210,43 @@ func (l Loader) readTrusted(path string) (Source, error) {
 			return Source{}, err
 		}
 	}
-	data := make([]byte, fi.Size()+1)
-	n, err := io.ReadFull(f, data)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
-		return Source{}, fmt.Errorf("%s: cannot be read: %w", path, err)
-	}
-	if n == len(data) { // grew while we read it: read the rest
-		rest, err := io.ReadAll(f)
+	// One byte more than its size, to see the end of the file in one read.
+	data := make([]byte, 0, st.Size+1)
+	for {
+		n, err := unix.Read(fd, data[len(data):cap(data)])
+		if err == unix.EINTR {
+			continue
+		}
 		if err != nil {
 			return Source{}, fmt.Errorf("%s: cannot be read: %w", path, err)
 		}
-		data = append(data, rest...)
-		n = len(data)
+		if n == 0 {
+			return Source{Path: path, Data: data}, nil
+		}
+		data = data[:len(data)+n]
+		if len(data) == cap(data) { // it grew while we read it
+			data = slices.Grow(data, 4096)
+		}
 	}
-	return Source{Path: path, Data: data[:n]}, nil
 }
 
 func (l Loader) checkDir(dir string) error {
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return fmt.Errorf("%s: cannot be read: %w", dir, errors.Unwrap(err))
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return fmt.Errorf("%s: cannot be read: %w", dir, err)
 	}
-	return l.checkOwner(dir, fi)
+	return l.checkOwner(dir, st.Uid, st.Mode, true)
 }
 
-func (l Loader) checkOwner(path string, fi fs.FileInfo) error {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fmt.Errorf("%s: cannot tell who owns it", path)
-	}
+func (l Loader) checkOwner(path string, uid, mode uint32, isDir bool) error {
 	what := "file"
-	if fi.IsDir() {
+	if isDir {
 		what = "directory"
 	}
-	if st.Uid != l.Owner {
-		return fmt.Errorf("%s: refused: the %s is owned by uid %d, but it decides what root runs and must be owned by uid %d; run chown %d %s", path, what, st.Uid, l.Owner, l.Owner, path)
+	if uid != l.Owner {
+		return fmt.Errorf("%s: refused: the %s is owned by uid %d, but it decides what root runs and must be owned by uid %d; run chown %d %s", path, what, uid, l.Owner, l.Owner, path)
 	}
-	if fi.Mode().Perm()&0o022 != 0 {
+	if mode&0o022 != 0 {
 		return fmt.Errorf("%s: refused: the %s is writable by group or others, but it decides what root runs; run chmod go-w %s", path, what, path)
 	}
 	return nil

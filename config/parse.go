@@ -83,7 +83,7 @@ func Parse(name string, srcs ...Source) (*Guest, error) {
 		errs.add(Pos{}, "%q is not a guest name; use 1 to 32 lower-case letters, digits, dashes and underscores, starting with a letter or digit", name)
 		return nil, errs
 	}
-	d := decoder{vals: map[string][]entry{}, headers: map[string]Pos{}}
+	d := decoder{vals: make(map[sectionKey][]entry, 16), headers: make(map[string]Pos, 4)}
 	for _, src := range srcs {
 		syn, lexErrs := lex(src.Path, src.Data)
 		errs = append(errs, lexErrs...)
@@ -136,10 +136,13 @@ func ValidName(s string) bool {
 	return true
 }
 
+// sectionKey names a key of a section.
+type sectionKey struct{ section, key string }
+
 type decoder struct {
-	// vals holds, per "Section.Key", the assignments in effect: the last
+	// vals holds, per key, the assignments in effect: the last
 	// one of a single-valued key, all since the last reset of a list.
-	vals    map[string][]entry
+	vals    map[sectionKey][]entry
 	headers map[string]Pos // first header of each section
 	unit    []Setting
 	service []Setting
@@ -185,7 +188,7 @@ func (d *decoder) collect(syn syntax, errs *Errors) {
 			}
 			continue
 		}
-		k := e.section + "." + e.key
+		k := sectionKey{e.section, e.key}
 		switch {
 		case e.value == "":
 			delete(d.vals, k) // back to the default, or an empty list
@@ -258,7 +261,7 @@ func suggestKey(section, key string) string {
 
 // single returns the assignment in effect for a single-valued key.
 func (d *decoder) single(section, key string) (entry, bool) {
-	es := d.vals[section+"."+key]
+	es := d.vals[sectionKey{section, key}]
 	if len(es) == 0 {
 		return entry{}, false
 	}
@@ -274,8 +277,8 @@ type item struct {
 // list returns the words of a list key, in order.
 func (d *decoder) list(section, key string) []item {
 	var items []item
-	for _, e := range d.vals[section+"."+key] {
-		for _, w := range strings.Fields(e.value) {
+	for _, e := range d.vals[sectionKey{section, key}] {
+		for w := range strings.FieldsSeq(e.value) {
 			items = append(items, item{w, e.pos})
 		}
 	}

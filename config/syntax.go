@@ -1,7 +1,7 @@
 package config
 
 import (
-	"bytes"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -39,7 +39,7 @@ func lex(file string, data []byte) (syntax, Errors) {
 		cont      []byte
 		contStart int
 	)
-	flush := func(text []byte, line int) {
+	flush := func(text string, line int) {
 		if len(text) == 0 {
 			return
 		}
@@ -56,12 +56,12 @@ func lex(file string, data []byte) (syntax, Errors) {
 			out.headers = append(out.headers, header{name, p})
 			return
 		}
-		eq := bytes.IndexByte(text, '=')
+		eq := strings.IndexByte(text, '=')
 		if eq < 0 {
 			errs.add(p, "%q is neither a Key=Value assignment, a [Section] header nor a comment", text)
 			return
 		}
-		key := string(bytes.TrimSpace(text[:eq]))
+		key := strings.TrimSpace(text[:eq])
 		if !validKey(key) {
 			errs.add(p, "%q is not a valid key name; keys are letters, digits and dashes", key)
 			return
@@ -72,24 +72,28 @@ func lex(file string, data []byte) (syntax, Errors) {
 			}
 			return // under a malformed header: already reported
 		}
-		out.entries = append(out.entries, entry{section, key, string(bytes.TrimSpace(text[eq+1:])), p})
+		out.entries = append(out.entries, entry{section, key, strings.TrimSpace(text[eq+1:]), p})
 	}
 
+	// Keys and values are substrings of one copy of the file: a string per
+	// line would be most of the parser's allocations.
+	rest := string(data)
+	out.entries = make([]entry, 0, strings.Count(rest, "\n")+1)
 	line := 0
-	for len(data) > 0 {
+	for len(rest) > 0 {
 		line++
-		var raw []byte
-		if i := bytes.IndexByte(data, '\n'); i >= 0 {
-			raw, data = data[:i], data[i+1:]
+		var raw string
+		if i := strings.IndexByte(rest, '\n'); i >= 0 {
+			raw, rest = rest[:i], rest[i+1:]
 		} else {
-			raw, data = data, nil
+			raw, rest = rest, ""
 		}
-		raw = bytes.TrimSuffix(raw, []byte("\r"))
+		raw = strings.TrimSuffix(raw, "\r")
 		if bad, ok := checkText(raw); !ok {
 			errs.add(Pos{file, line}, "the line contains %s; remove it", bad)
 			continue
 		}
-		text := bytes.TrimSpace(raw)
+		text := strings.TrimSpace(raw)
 		if len(text) > 0 && (text[0] == '#' || text[0] == ';') {
 			continue // comments are skipped, also inside a continuation
 		}
@@ -102,33 +106,31 @@ func lex(file string, data []byte) (syntax, Errors) {
 		// An odd number of trailing backslashes continues the line; an
 		// even number is escaped backslashes, as systemd reads it. So no
 		// value ends in a backslash that would continue a generated line.
-		if n := len(text) - len(bytes.TrimRight(text, `\`)); n%2 == 1 {
+		if n := len(text) - len(strings.TrimRight(text, `\`)); n%2 == 1 {
 			cont = append(append(cont, text[:len(text)-1]...), ' ')
 			continue
 		}
 		if cont != nil {
-			text = append(cont, text...)
+			text = string(append(cont, text...))
 			cont = nil
 		}
-		flush(bytes.TrimSpace(text), contStart)
+		flush(strings.TrimSpace(text), contStart)
 	}
 	if cont != nil { // a continuation on the last line ends the value
-		flush(bytes.TrimSpace(cont), contStart)
+		flush(strings.TrimSpace(string(cont)), contStart)
 	}
 	return out, errs
 }
 
-func sectionName(text []byte) (string, bool) {
+func sectionName(text string) (string, bool) {
 	if len(text) < 3 || text[len(text)-1] != ']' {
 		return "", false
 	}
 	name := text[1 : len(text)-1]
-	for _, c := range name {
-		if c == '[' || c == ']' || c == ' ' || c == '\t' {
-			return "", false
-		}
+	if strings.ContainsAny(name, "[] \t") {
+		return "", false
 	}
-	return string(name), true
+	return name, true
 }
 
 func validKey(k string) bool {
@@ -146,7 +148,7 @@ func validKey(k string) bool {
 
 // checkText refuses what must never reach a generated unit or a kernel
 // command line: invalid UTF-8 and control characters other than tab.
-func checkText(b []byte) (string, bool) {
+func checkText(b string) (string, bool) {
 	for i := 0; i < len(b); {
 		c := b[i]
 		if c < utf8.RuneSelf {
@@ -156,7 +158,7 @@ func checkText(b []byte) (string, bool) {
 			i++
 			continue
 		}
-		r, n := utf8.DecodeRune(b[i:])
+		r, n := utf8.DecodeRuneInString(b[i:])
 		if r == utf8.RuneError && n == 1 {
 			return "bytes that are not UTF-8", false
 		}

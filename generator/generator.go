@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -26,73 +26,37 @@ type Generator struct {
 // Run writes the units into dir, which systemd passes as the generator's
 // "normal" directory. Nothing is written outside it.
 func (gen Generator) Run(dir string) error {
-	set, err := gen.load()
-	if err != nil {
-		return err
-	}
 	out, err := openOutDir(dir)
 	if err != nil {
 		return err
 	}
 	defer out.close()
-
-	// The .wants/ and .requires/ directories are shared between guests.
-	var linkDirs []string
-	for _, g := range set.Guests {
-		for _, u := range g.WantedBy {
-			linkDirs = append(linkDirs, u+".wants")
-		}
-		for _, u := range g.RequiredBy {
-			linkDirs = append(linkDirs, u+".requires")
-		}
+	// Each guest is written as soon as it is parsed, while the other core
+	// parses the next: this runs at every boot and daemon-reload.
+	w := &writer{out: out, opts: gen.Options, linkDirs: map[string]bool{}}
+	set, err := gen.Loader.LoadAllFunc(w.guest)
+	if err != nil {
+		return err
 	}
-	slices.Sort(linkDirs)
-	for _, d := range slices.Compact(linkDirs) {
-		if err := out.mkdir(d); err != nil {
-			return err
+	gen.report(set)
+	for _, f := range set.Failed {
+		if f.Guest != nil { // written, then found to conflict with another
+			w.remove(f.Guest)
 		}
 	}
-
-	// This runs at every boot and daemon-reload: write on every core.
-	errs := make([]error, len(set.Guests))
-	var wg sync.WaitGroup
-	next := make(chan int)
-	for range min(runtime.GOMAXPROCS(0), len(set.Guests)) {
-		wg.Go(func() {
-			for i := range next {
-				errs[i] = writeGuest(out, set.Guests[i], gen.Options)
-			}
-		})
-	}
-	for i := range set.Guests {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := w.err(); err != nil {
 		return err
 	}
 	return gen.result(set)
 }
 
-func writeGuest(out *outDir, g *config.Guest, opts Options) error {
-	if err := out.mkdir(g.UnitName() + ".d"); err != nil {
-		return err
-	}
-	for _, f := range Render(g, opts) {
-		if err := out.write(f); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // DryRun prints what Run would write, relative to the output directory.
 func (gen Generator) DryRun(w io.Writer) error {
-	set, err := gen.load()
+	set, err := gen.Loader.LoadAll()
 	if err != nil {
 		return err
 	}
+	gen.report(set)
 	for _, g := range set.Guests {
 		for _, f := range Render(g, gen.Options) {
 			if f.Link != "" {
@@ -105,11 +69,8 @@ func (gen Generator) DryRun(w io.Writer) error {
 	return gen.result(set)
 }
 
-func (gen Generator) load() (*config.Set, error) {
-	set, err := gen.Loader.LoadAll()
-	if err != nil {
-		return nil, err
-	}
+// report logs what was ignored and what failed.
+func (gen Generator) report(set *config.Set) {
 	for _, w := range set.Warnings {
 		gen.Log.Warning(w)
 	}
@@ -119,7 +80,6 @@ func (gen Generator) load() (*config.Set, error) {
 		}
 		gen.Log.Error(fmt.Sprintf("%s: no unit generated for uml@%s.service; fix the errors above and run systemctl daemon-reload", f.Path, f.Name))
 	}
-	return set, nil
 }
 
 func (gen Generator) result(set *config.Set) error {
@@ -128,4 +88,74 @@ func (gen Generator) result(set *config.Set) error {
 		return ErrFailed
 	}
 	return nil
+}
+
+// writer writes guests' units from several goroutines at once.
+type writer struct {
+	out  *outDir
+	opts Options
+
+	mu       sync.Mutex
+	linkDirs map[string]bool // .wants/ and .requires/ made so far
+	errs     []error
+}
+
+func (w *writer) guest(g *config.Guest) { w.fail(w.write(g)) }
+
+func (w *writer) write(g *config.Guest) error {
+	dropIns := g.UnitName() + ".d"
+	if err := w.out.mkdir(dropIns); err != nil {
+		return err
+	}
+	for _, f := range Render(g, w.opts) {
+		if dir := path.Dir(f.Path); dir != dropIns {
+			if err := w.linkDir(dir); err != nil {
+				return err
+			}
+		}
+		if err := w.out.write(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// linkDir makes a directory that several guests link into, once.
+func (w *writer) linkDir(dir string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.linkDirs[dir] {
+		return nil
+	}
+	if err := w.out.mkdir(dir); err != nil {
+		return err
+	}
+	w.linkDirs[dir] = true
+	return nil
+}
+
+// remove undoes write, leaving no empty directory behind.
+func (w *writer) remove(g *config.Guest) {
+	dropIns := g.UnitName() + ".d"
+	for _, f := range Render(g, w.opts) {
+		w.fail(w.out.remove(f.Path, false))
+		if dir := path.Dir(f.Path); dir != dropIns {
+			w.out.removeIfEmpty(dir)
+		}
+	}
+	w.fail(w.out.remove(dropIns, true))
+}
+
+func (w *writer) fail(err error) {
+	if err != nil {
+		w.mu.Lock()
+		w.errs = append(w.errs, err)
+		w.mu.Unlock()
+	}
+}
+
+// err returns the write errors, in a stable order.
+func (w *writer) err() error {
+	slices.SortFunc(w.errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
+	return errors.Join(w.errs...)
 }

@@ -67,7 +67,7 @@ func TestGolden(t *testing.T) {
 				t.Fatalf("DryRun: %v", err)
 			}
 			for _, f := range tree(t, out) {
-				if !strings.Contains(dry.String(), "# "+f) {
+				if !strings.HasSuffix(f, "/") && !strings.Contains(dry.String(), "# "+f) {
 					t.Errorf("dry run does not show %s:\n%s", f, dry.String())
 				}
 			}
@@ -167,6 +167,10 @@ func describe(t *testing.T, err error, log, out string) string {
 	}
 	b.WriteString("# status: " + status + "\n# log:\n" + log)
 	for _, f := range tree(t, out) {
+		if strings.HasSuffix(f, "/") {
+			b.WriteString("# " + f + "\n")
+			continue
+		}
 		p := filepath.Join(out, f)
 		fi, err := os.Lstat(p)
 		if err != nil {
@@ -189,15 +193,19 @@ func describe(t *testing.T, err error, log, out string) string {
 	return b.String()
 }
 
-// tree lists the files and links below dir, sorted.
+// tree lists the directories, files and links below dir, sorted;
+// directories end in a slash.
 func tree(t *testing.T, dir string) []string {
 	t.Helper()
 	var files []string
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
+		if err != nil || path == dir {
 			return err
 		}
 		rel, _ := filepath.Rel(dir, path)
+		if d.IsDir() {
+			rel += "/"
+		}
 		files = append(files, rel)
 		return nil
 	})

@@ -93,6 +93,20 @@ func (o *outDir) write(f File) error {
 	return o.wrap("writing", f.Path, err)
 }
 
+// remove removes a file, link or empty directory written before.
+func (o *outDir) remove(name string, dir bool) error {
+	flags := 0
+	if dir {
+		flags = unix.AT_REMOVEDIR
+	}
+	return o.wrap("removing", name, unix.Unlinkat(o.fd, name, flags))
+}
+
+// removeIfEmpty removes a directory that other guests may still use.
+func (o *outDir) removeIfEmpty(name string) {
+	_ = unix.Unlinkat(o.fd, name, unix.AT_REMOVEDIR) // ENOTEMPTY: still used
+}
+
 func (o *outDir) wrap(verb, name string, err error) error {
 	if err == nil {
 		return nil
