@@ -2,35 +2,22 @@ package config
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 )
 
-// dnsGuest is the DNS bastion of uml.conf(5), as name N of many.
-func dnsGuest(n int) []byte {
-	return fmt.Appendf(nil, `[Guest]
-RootImage=/var/lib/uml/images/debian-bind.img
-Memory=256M
-
-[Network]
-Bridge=br0
-Address=10.%d.%d.%d
-
-[Firewall]
-AcceptIn=udp/53 tcp/53
-ConnectOut=udp/53@!10.1.1.0/24 tcp/53@!10.1.1.0/24
-ConnectOut=udp/514@logserver
-HostAccess=tcp/22
-
-[Install]
-WantedBy=multi-user.target
-`, 1+n/65536, n/256%256, n%256)
+// dnsGuest is testdata/dns.conf with the address of guest n of many.
+func dnsGuest(b *testing.B, n int) Source {
+	b.Helper()
+	conf := strings.Replace(readDNSExample(b), "Address=10.1.1.10", fmt.Sprintf("Address=10.%d.%d.%d", 1+n/65536, n/256%256, n%256), 1)
+	return Source{Path: fmt.Sprintf("/etc/uml/g%05d.conf", n), Data: []byte(conf)}
 }
 
 func BenchmarkParse(b *testing.B) {
-	data := dnsGuest(1)
+	src := dnsGuest(b, 1)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := Parse("dns", Source{Path: "/etc/uml/dns.conf", Data: data}); err != nil {
+		if _, err := Parse("dns", src); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -41,7 +28,7 @@ func BenchmarkParse(b *testing.B) {
 func BenchmarkConflicts(b *testing.B) {
 	guests := make([]*Guest, 1000)
 	for i := range guests {
-		g, err := Parse(fmt.Sprintf("g%04d", i), Source{Path: fmt.Sprintf("/etc/uml/g%04d.conf", i), Data: dnsGuest(i)})
+		g, err := Parse(fmt.Sprintf("g%05d", i), dnsGuest(b, i))
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -5,25 +5,11 @@ import (
 	"testing"
 )
 
-// dnsExample is the DNS bastion of uml.conf(5).
-const dnsExample = `[Guest]
-RootImage=/srv/uml/debian.img
-
-[Network]
-Bridge=br0
-Address=10.1.1.10
-
-[Firewall]
-AcceptIn=udp/53 tcp/53
-ConnectOut=udp/53@!10.1.1.0/24 tcp/53@!10.1.1.0/24
-ConnectOut=udp/514@logserver
-HostAccess=tcp/22
-`
-
 // FuzzParse parses a main file and a drop-in. Parse must never panic, and
 // what it accepts Format must write so that it parses to the same guest and
 // formats to the same text again.
 func FuzzParse(f *testing.F) {
+	dnsExample := readDNSExample(f)
 	for _, seed := range [][2]string{
 		{dnsExample, ""},
 		{dnsExample, lines("[Network]", "Address=", "Address=10.1.1.11/24 2001:db8::11/64", "[Firewall]", "AcceptIn=")},

@@ -3,6 +3,7 @@ package config
 import (
 	"net"
 	"net/netip"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -144,4 +145,15 @@ func checkError(t *testing.T, want string, err error) {
 	if diff := cmp.Diff(want, errText(err)); diff != "" {
 		t.Errorf("error (-want +got):\n%s", diff)
 	}
+}
+
+// readDNSExample returns testdata/dns.conf, the DNS bastion of uml.conf(5),
+// which the generator's, the command's and the end-to-end tests use too.
+func readDNSExample(t testing.TB) string {
+	t.Helper()
+	data, err := os.ReadFile("testdata/dns.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
 }

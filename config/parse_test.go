@@ -823,9 +823,11 @@ func checkGuestMAC(t *testing.T, m []byte) {
 
 // TestParseDNSExample parses the DNS bastion of uml.conf(5).
 func TestParseDNSExample(t *testing.T) {
-	got := mustParse(t, "dns", dnsExample)
+	got := mustParse(t, "dns", readDNSExample(t))
 	want := defaultGuest("dns")
-	want.RootImage = "/srv/uml/debian.img"
+	want.RootImage = "/var/lib/uml/images/debian-bind.img"
+	want.Memory = 256 << 20
+	want.WantedBy = []string{"multi-user.target"}
 	want.Network = defaultNetwork("dns", "br0", "10.1.1.10/32")
 	notLAN := &Peer{Not: true, Prefix: prefix("10.1.1.0/24")}
 	want.Firewall = &Firewall{

@@ -15,26 +15,10 @@ import (
 	"umlsd/internal/testbed"
 )
 
-// Configurations as an administrator writes them. The images need not
+// Configurations as an administrator writes them; dns.conf is the DNS
+// bastion of uml.conf(5), config/testdata/dns.conf. The images need not
 // exist for systemd to load the units.
 var configs = map[string]string{
-	"/etc/uml/dns.conf": `[Guest]
-RootImage=/var/lib/uml/images/debian-bind.img
-Memory=256M
-
-[Network]
-Bridge=br0
-Address=10.1.1.10
-
-[Firewall]
-AcceptIn=udp/53 tcp/53
-ConnectOut=udp/53@!10.1.1.0/24 tcp/53@!10.1.1.0/24
-ConnectOut=udp/514@logserver
-HostAccess=tcp/22
-
-[Install]
-WantedBy=multi-user.target
-`,
 	"/etc/uml/web.conf": `[Guest]
 Description=Web server, 100% jailed
 RootImage=/srv/uml/web.img
@@ -61,7 +45,11 @@ func bootWithConfigs(t *testing.T) *testbed.Machine {
 	t.Helper()
 	testbed.RequireRoot(t)
 	testbed.RequireCommands(t, "systemd-nspawn", "make", "go")
-	files := map[string][]byte{}
+	dns, err := os.ReadFile("../config/testdata/dns.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{"/etc/uml/dns.conf": dns}
 	for path, conf := range configs {
 		files[path] = []byte(conf)
 	}

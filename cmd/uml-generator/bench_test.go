@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -74,36 +75,21 @@ func tmpfsDir(b *testing.B) string {
 	return dir
 }
 
-// writeConfigs writes n guests like the DNS bastion of uml.conf(5), each
-// with its own tap, address and [Install] link, and every tenth with a
-// drop-in.
+// writeConfigs writes n guests like the DNS bastion of uml.conf(5)
+// (config/testdata/dns.conf), each with its own address, and every tenth
+// with a drop-in.
 func writeConfigs(b *testing.B, dir string, n int) {
 	b.Helper()
+	example, err := os.ReadFile("../../config/testdata/dns.conf")
+	if err != nil {
+		b.Fatal(err)
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.Fatal(err)
 	}
 	for i := range n {
 		name := fmt.Sprintf("g%05d", i)
-		conf := fmt.Sprintf(`[Guest]
-RootImage=/var/lib/uml/images/debian-bind.img
-Memory=256M
-
-[Network]
-Bridge=br0
-Address=10.%d.%d.%d
-
-[Firewall]
-AcceptIn=udp/53 tcp/53
-ConnectOut=udp/53@!10.1.1.0/24 tcp/53@!10.1.1.0/24
-ConnectOut=udp/514@logserver
-HostAccess=tcp/22
-
-[Service]
-MemoryMax=300M
-
-[Install]
-WantedBy=multi-user.target
-`, 1+i/65536, i/256%256, i%256)
+		conf := strings.Replace(string(example), "Address=10.1.1.10", fmt.Sprintf("Address=10.%d.%d.%d", 1+i/65536, i/256%256, i%256), 1)
 		if err := os.WriteFile(filepath.Join(dir, name+".conf"), []byte(conf), 0o644); err != nil {
 			b.Fatal(err)
 		}
