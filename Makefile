@@ -40,8 +40,14 @@ LDFLAGS := -X main.templatePath=$(SYSTEMD_UNITDIR)/uml@.service
 bin/%: FORCE
 	$(GO) build $(GOFLAGS) -ldflags '$(LDFLAGS)' -o $@ ./cmd/$*
 
-# Units name the installed binaries by absolute path.
-build/units/%: units/% Makefile
+# Units name the installed binaries by absolute path: rebuild them when the
+# directories change ("make" then "make install PREFIX=/usr").
+DIRS := $(PREFIX) $(BINDIR) $(LIBEXECDIR) $(SYSTEMD_UNITDIR)
+build/dirs: FORCE
+	@mkdir -p $(@D)
+	@echo '$(DIRS)' | cmp -s - $@ || echo '$(DIRS)' >$@
+
+build/units/%: units/% Makefile build/dirs
 	@mkdir -p $(@D)
 	sed -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' -e 's|@BINDIR@|$(BINDIR)|g' $< >$@
 

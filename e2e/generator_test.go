@@ -77,7 +77,8 @@ func TestSystemdLoadsGeneratedUnits(t *testing.T) {
 	// pass-through, the group target, the description.
 	for unit, want := range map[string][]string{
 		"uml@dns.service": {"Description=User-Mode Linux guest dns", "TimeoutStartUSec=2min", "TimeoutStopUSec=1min",
-			"PartOf=uml.target", "Type=notify", "NotifyAccess=main", "KillMode=mixed"},
+			"PartOf=uml.target", "Type=notify", "NotifyAccess=main", "KillMode=mixed",
+			"Restart=on-failure", "RestartPreventExitStatus=78"},
 		"uml@web.service": {"Description=Web server, 100% jailed", "TimeoutStartUSec=5min 30s", "MemoryMax=314572800",
 			"SourcePath=/etc/uml/web.conf"},
 	} {
