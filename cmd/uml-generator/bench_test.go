@@ -1,14 +1,20 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // BenchmarkGenerator runs the real binary, as systemd would at boot, on
@@ -58,6 +64,81 @@ func BenchmarkGenerator(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkKernelFloor does only the file system work the generator must
+// do for the same guests — read each configuration; make its drop-in
+// directory; create, write and close the drop-in; link it into a .wants
+// directory — on every core, with no parsing or rendering. The generator
+// cannot be faster than this on the machine at hand.
+func BenchmarkKernelFloor(b *testing.B) {
+	const n = 1000
+	base := tmpfsDir(b)
+	conf := filepath.Join(base, "etc")
+	writeConfigs(b, conf, n)
+	dropIn := make([]byte, 700) // about the size of a generated drop-in
+	for i := 0; b.Loop(); i++ {
+		out := filepath.Join(base, fmt.Sprintf("out%d", i))
+		if err := os.MkdirAll(filepath.Join(out, "multi-user.target.wants"), 0o755); err != nil {
+			b.Fatal(err)
+		}
+		dir, err := unix.Open(out, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		buf := make([][]byte, runtime.GOMAXPROCS(0))
+		var failed atomic.Bool
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for w := range buf {
+			buf[w] = make([]byte, 4096)
+			wg.Go(func() {
+				for g := int(next.Add(1) - 1); g < n; g = int(next.Add(1) - 1) {
+					name := fmt.Sprintf("g%05d", g)
+					if err := floorGuest(dir, filepath.Join(conf, name+".conf"), name, buf[w], dropIn); err != nil {
+						failed.Store(true)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		unix.Close(dir)
+		if failed.Load() {
+			b.Fatal("a file system call failed")
+		}
+		b.StopTimer()
+		if err := os.RemoveAll(out); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/run")
+}
+
+func floorGuest(dir int, conf, name string, buf, dropIn []byte) error {
+	fd, err := unix.Open(conf, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	var st unix.Stat_t
+	err = errors.Join(unix.Fstat(fd, &st), readErr(unix.Read(fd, buf)), unix.Close(fd))
+	if err != nil {
+		return err
+	}
+	d := "uml@" + name + ".service.d"
+	if err := unix.Mkdirat(dir, d, 0o755); err != nil {
+		return err
+	}
+	out, err := unix.Openat(dir, d+"/10-umlsd.conf", unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return err
+	}
+	if err := errors.Join(readErr(unix.Write(out, dropIn)), unix.Close(out)); err != nil {
+		return err
+	}
+	return unix.Symlinkat("/lib/systemd/system/uml@.service", dir, "multi-user.target.wants/uml@"+name+".service")
+}
+
+func readErr(_ int, err error) error { return err }
 
 // tmpfsDir returns a fresh directory in a tmpfs, so that the disk does not
 // dominate the figures.
