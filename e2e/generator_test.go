@@ -119,6 +119,18 @@ func TestSystemdLoadsGeneratedUnits(t *testing.T) {
 		t.Errorf("systemd-analyze verify: %v", err)
 	}
 
+	// After boot, the administrator adds a guest and changes another;
+	// daemon-reload runs the generator again.
+	m.WriteFile(t, "/etc/uml/late.conf", []byte("[Guest]\nRootImage=/srv/uml/late.img\nStopTimeout=2min\n"), 0o644)
+	m.WriteFile(t, "/etc/uml/web.conf.d/10-memory.conf", []byte("[Guest]\nReadyTimeout=10min\n"), 0o644)
+	m.MustRun(t, "systemctl", "daemon-reload")
+	if got := m.MustRun(t, "systemctl", "show", "-P", "TimeoutStopUSec", "uml@late.service"); strings.TrimSpace(got) != "2min 30s" {
+		t.Errorf("uml@late.service after daemon-reload: TimeoutStopUSec=%q, want 2min 30s", got)
+	}
+	if got := m.MustRun(t, "systemctl", "show", "-P", "TimeoutStartUSec", "uml@web.service"); strings.TrimSpace(got) != "10min 30s" {
+		t.Errorf("uml@web.service after daemon-reload: TimeoutStartUSec=%q, want 10min 30s", got)
+	}
+
 	// systemctl enable works on the template.
 	m.MustRun(t, "systemctl", "enable", "uml@web.service")
 	if got := strings.TrimSpace(m.MustRun(t, "systemctl", "is-enabled", "uml@web.service")); got != "enabled" {

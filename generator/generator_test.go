@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -124,6 +126,31 @@ func TestRefusesUntrustedDirectory(t *testing.T) {
 	}
 	if files := tree(t, out); len(files) != 0 {
 		t.Errorf("wrote %v, want nothing", files)
+	}
+}
+
+// TestNeverBlocks: a FIFO where a configuration should be would block a
+// plain open at boot; it is refused instead.
+func TestNeverBlocks(t *testing.T) {
+	dir := copyConfigs(t, "testdata/minimal")
+	if err := syscall.Mkfifo(filepath.Join(dir, "fifo.conf"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var log bytes.Buffer
+	gen := Generator{
+		Loader:  config.Loader{Dir: dir, Owner: uint32(os.Getuid())},
+		Options: Options{Template: template},
+		Log:     NewLogger("uml-generator", 1, LevelDebug, nil, &log),
+	}
+	done := make(chan error, 1)
+	go func() { done <- gen.Run(t.TempDir()) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrFailed) || !strings.Contains(log.String(), "fifo.conf: is not a regular file") {
+			t.Errorf("Run = %v; log:\n%s\nwant the FIFO refused", err, log.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the generator blocked on a FIFO")
 	}
 }
 
