@@ -5,6 +5,7 @@ import "path/filepath"
 // claim is something a guest uses that another guest may not, or may only
 // share on terms.
 type claim struct {
+	key   string // the key that claims it
 	kind  string // what is claimed, as the error names it
 	value string
 	// exclusive claims conflict with every other claim of the same thing;
@@ -18,8 +19,8 @@ type claim struct {
 // so. It runs once per guest, at parse time, while positions are known.
 func (d *decoder) claims(g *Guest) []claim {
 	var cs []claim
-	add := func(kind, value string, exclusive bool, pos Pos, fix string) {
-		cs = append(cs, claim{kind, value, exclusive, pos, fix})
+	add := func(key, kind, value string, exclusive bool, pos Pos, fix string) {
+		cs = append(cs, claim{key, kind, value, exclusive, pos, fix})
 	}
 	const (
 		file       = "the file"
@@ -28,31 +29,31 @@ func (d *decoder) claims(g *Guest) []claim {
 		ownAccount = "guests share an account only when each of them names it with User="
 	)
 	if g.Cow != "" {
-		add(file, g.Cow, true, d.where("Guest", "Cow", g.Path), "give each guest its own COW file with Cow=")
-		add(file, g.RootImage, false, d.where("Guest", "RootImage", g.Path), theyWrite)
+		add("Cow", file, g.Cow, true, d.where("Guest", "Cow", g.Path), "give each guest its own COW file with Cow=")
+		add("RootImage", file, g.RootImage, false, d.where("Guest", "RootImage", g.Path), theyWrite)
 	} else {
-		add(file, g.RootImage, true, d.where("Guest", "RootImage", g.Path), weWrite)
+		add("RootImage", file, g.RootImage, true, d.where("Guest", "RootImage", g.Path), weWrite)
 	}
 	for i, it := range d.list("Guest", "Disk") { // all valid: one item per disk
 		if g.Disks[i].ReadOnly {
-			add(file, g.Disks[i].Path, false, it.pos, theyWrite)
+			add("Disk", file, g.Disks[i].Path, false, it.pos, theyWrite)
 		} else {
-			add(file, g.Disks[i].Path, true, it.pos, weWrite)
+			add("Disk", file, g.Disks[i].Path, true, it.pos, weWrite)
 		}
 	}
 	if g.UserIsDefault {
-		add("the account", g.User, true, d.where("Guest", "User", g.Path), "it is this guest's default account, and "+ownAccount)
+		add("User", "the account", g.User, true, d.where("Guest", "User", g.Path), "it is this guest's default account, and "+ownAccount)
 	} else {
-		add("the account", g.User, false, d.where("Guest", "User", g.Path), "it is that guest's default account, and "+ownAccount)
+		add("User", "the account", g.User, false, d.where("Guest", "User", g.Path), "it is that guest's default account, and "+ownAccount)
 	}
 	if n := g.Network; n != nil {
 		// A tap is deleted when its guest stops: its name must be its own,
 		// and no other guest's bridge.
-		add("the interface", n.Tap, true, d.where("Network", "Tap", g.Path), "a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=")
-		add("the interface", n.Bridge, false, d.where("Network", "Bridge", g.Path), "that guest's tap has this name and is deleted when that guest stops; choose another Tap= there")
-		add("the MAC address", n.MAC.String(), true, d.where("Network", "MAC", g.Path), "give each guest its own MAC=")
+		add("Tap", "the interface", n.Tap, true, d.where("Network", "Tap", g.Path), "a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=")
+		add("Bridge", "the interface", n.Bridge, false, d.where("Network", "Bridge", g.Path), "that guest's tap has this name and is deleted when that guest stops; choose another Tap= there")
+		add("MAC", "the MAC address", n.MAC.String(), true, d.where("Network", "MAC", g.Path), "give each guest its own MAC=")
 		for i, it := range d.list("Network", "Address") {
-			add("the address", n.Addresses[i].Addr().String(), true, it.pos, "an address belongs to one guest")
+			add("Address", "the address", n.Addresses[i].Addr().String(), true, it.pos, "an address belongs to one guest")
 		}
 	}
 	return cs
@@ -102,7 +103,7 @@ func findConflicts(guests []*Guest) []Errors {
 			}
 			if other >= 0 {
 				o := guests[other]
-				out[i].add(c.pos, "%s %s is also used by guest %s (%s); %s", c.kind, c.value, o.Name, filepath.Base(o.Path), c.fix)
+				out[i].add(c.pos, "%s=%s: %s is also used by guest %s (%s); %s", c.key, c.value, c.kind, o.Name, filepath.Base(o.Path), c.fix)
 			}
 		}
 	}

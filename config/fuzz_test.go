@@ -12,6 +12,7 @@ func FuzzParse(f *testing.F) {
 	dnsExample := readDNSExample(f)
 	for _, seed := range [][2]string{
 		{dnsExample, ""},
+		{"[Guest]\nRootImage=/a\nDescription=a\\ \\\n\n", ""},
 		{dnsExample, lines("[Network]", "Address=", "Address=10.1.1.11/24 2001:db8::11/64", "[Firewall]", "AcceptIn=")},
 		{withGuest("Description=a \\", "# c", "b", "Cow=no", "Disk=/d/1 /d/2:ro", "Memory=1536M", "User=1000", "Group=uml",
 			"Chroot=no", "KernelArguments=init=/bin/sh quiet", "Ready=console:^login: $", "ReadyTimeout=1.5min",

@@ -47,7 +47,7 @@ type Failure struct {
 // and line of every problem.
 func (l Loader) Load(name string) (*Guest, error) {
 	if !ValidName(name) {
-		return nil, fmt.Errorf("%q is not a guest name; guest names are 1 to 32 lower-case letters, digits, dashes and underscores", name)
+		return nil, fmt.Errorf("%q is not a guest name; %s", name, nameRule)
 	}
 	if err := l.checkDir(l.Dir); err != nil {
 		return nil, err
@@ -77,6 +77,9 @@ func (l Loader) LoadAll() (*Set, error) { return l.LoadAllFunc(nil) }
 // what visit did for it.
 func (l Loader) LoadAllFunc(visit func(*Guest)) (*Set, error) {
 	set := &Set{}
+	if bad, ok := checkText(l.Dir); !ok {
+		return nil, fmt.Errorf("%q: the configuration directory's path contains %s; use another", l.Dir, bad)
+	}
 	dirents, err := os.ReadDir(l.Dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return set, nil
@@ -104,7 +107,7 @@ func (l Loader) LoadAllFunc(visit func(*Guest)) (*Set, error) {
 			links[base] = de.Type()&fs.ModeSymlink != 0
 		case isBackup(fname):
 		default:
-			set.Warnings = append(set.Warnings, fmt.Sprintf("%s: ignored: guest configurations are named NAME.conf, NAME being 1 to 32 lower-case letters, digits, dashes and underscores", filepath.Join(l.Dir, fname)))
+			set.Warnings = append(set.Warnings, fmt.Sprintf("%q: ignored: guest configurations are named NAME.conf, and %s", filepath.Join(l.Dir, fname), nameRule))
 		}
 	}
 	for _, de := range dirents { // ReadDir sorts by name: deterministic
@@ -169,6 +172,10 @@ func (l Loader) readDropIns(dir string) ([]Source, error) {
 		if !strings.HasSuffix(de.Name(), ".conf") || strings.HasPrefix(de.Name(), ".") {
 			continue
 		}
+		if !validDropInName(de.Name()) {
+			// Its path goes into the generated unit's comments and the log.
+			return nil, fmt.Errorf("%q: refused: a drop-in's name is letters, digits, dots, dashes, underscores and @; rename it", filepath.Join(dir, de.Name()))
+		}
 		src, err := l.readTrusted(filepath.Join(dir, de.Name()), de.Type()&fs.ModeSymlink != 0)
 		if err != nil {
 			return nil, err
@@ -201,6 +208,9 @@ func (l Loader) readTrusted(path string, isLink bool) (Source, error) {
 	if err := l.checkOwner(path, st.Uid, st.Mode, false); err != nil {
 		return Source{}, err
 	}
+	if st.Size > MaxFileSize {
+		return Source{}, errTooLarge(path)
+	}
 	if isLink {
 		target, err := filepath.EvalSymlinks(path)
 		if err != nil {
@@ -224,10 +234,33 @@ func (l Loader) readTrusted(path string, isLink bool) (Source, error) {
 			return Source{Path: path, Data: data}, nil
 		}
 		data = data[:len(data)+n]
+		if len(data) > MaxFileSize {
+			return Source{}, errTooLarge(path)
+		}
 		if len(data) == cap(data) { // it grew while we read it
 			data = slices.Grow(data, 4096)
 		}
 	}
+}
+
+// MaxFileSize bounds what is read of one file: a guest configuration is a
+// few hundred bytes, and one huge file must not stall every guest's boot.
+const MaxFileSize = 64 << 10
+
+func errTooLarge(path string) error {
+	return fmt.Errorf("%s: refused: it is larger than %d KiB, which no guest configuration needs; check what it is", path, MaxFileSize>>10)
+}
+
+// validDropInName reports whether a drop-in's file name is one that can be
+// written into comments and logs as it is.
+func validDropInName(name string) bool {
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("._@-", c) >= 0) {
+			return false
+		}
+	}
+	return true
 }
 
 func (l Loader) checkDir(dir string) error {

@@ -144,7 +144,7 @@ func TestLoadErrors(t *testing.T) {
 		{"missing file", "dns", func(*confDir) {},
 			"DIR/dns.conf: cannot be read: no such file or directory"},
 		{"invalid name", "../dns", func(*confDir) {},
-			`"../dns" is not a guest name; guest names are 1 to 32 lower-case letters, digits, dashes and underscores`},
+			`"../dns" is not a guest name; a guest's name is 1 to 32 lower-case letters, digits, dashes and underscores, starting with a letter or digit`},
 		{"file writable by group", "dns", func(c *confDir) {
 			c.write("dns.conf", withGuest())
 			c.chmod("dns.conf", 0o664)
@@ -308,10 +308,10 @@ func TestLoadAllFiles(t *testing.T) {
 	want := summary{
 		Guests: []string{"dns", "web"},
 		Warnings: []string{
-			"DIR/Mail.conf: ignored: guest configurations are named NAME.conf, NAME being 1 to 32 lower-case letters, digits, dashes and underscores",
-			"DIR/README: ignored: guest configurations are named NAME.conf, NAME being 1 to 32 lower-case letters, digits, dashes and underscores",
-			"DIR/dns.cfg: ignored: guest configurations are named NAME.conf, NAME being 1 to 32 lower-case letters, digits, dashes and underscores",
-			"DIR/templates: ignored: guest configurations are named NAME.conf, NAME being 1 to 32 lower-case letters, digits, dashes and underscores",
+			`"DIR/Mail.conf": ignored: guest configurations are named NAME.conf, and a guest's name is 1 to 32 lower-case letters, digits, dashes and underscores, starting with a letter or digit`,
+			`"DIR/README": ignored: guest configurations are named NAME.conf, and a guest's name is 1 to 32 lower-case letters, digits, dashes and underscores, starting with a letter or digit`,
+			`"DIR/dns.cfg": ignored: guest configurations are named NAME.conf, and a guest's name is 1 to 32 lower-case letters, digits, dashes and underscores, starting with a letter or digit`,
+			`"DIR/templates": ignored: guest configurations are named NAME.conf, and a guest's name is 1 to 32 lower-case letters, digits, dashes and underscores, starting with a letter or digit`,
 			"DIR/orphan.conf.d: ignored: there is no orphan.conf for these drop-ins to apply to",
 		},
 	}
@@ -338,7 +338,7 @@ func TestLoadAllBrokenGuest(t *testing.T) {
 		Failed: []string{
 			"b (DIR/b.conf): DIR/b.conf:1: RootImage= is missing in [Guest]; set it to the guest's root filesystem image",
 			"d (DIR/d.conf): DIR/d.conf: refused: the file is writable by group or others, but it decides what root runs; run chmod go-w DIR/d.conf",
-			"e (DIR/e.conf): DIR/e.conf.d/10.conf:2: Tap=not a tap is not an interface name; use letters, digits, dashes and dots",
+			"e (DIR/e.conf): DIR/e.conf.d/10.conf:2: Tap=not a tap is not an interface name; use letters, digits, dashes, underscores and dots",
 		},
 	}
 	if diff := cmp.Diff(want, c.loadAll()); diff != "" {
@@ -364,111 +364,111 @@ func TestLoadAllConflicts(t *testing.T) {
 			"b.conf": guestConf("10.1.1.11", "Tap=tap0"),
 			"c.conf": guestConf("10.1.1.12"),
 		}, summary{Guests: []string{"c"}, Failed: []string{
-			"a (DIR/a.conf): DIR/a.conf:6: the interface tap0 is also used by guest b (b.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
-			"b (DIR/b.conf): DIR/b.conf:6: the interface tap0 is also used by guest a (a.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
+			"a (DIR/a.conf): DIR/a.conf:6: Tap=tap0: the interface is also used by guest b (b.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
+			"b (DIR/b.conf): DIR/b.conf:6: Tap=tap0: the interface is also used by guest a (a.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
 		}}},
 		{"Tap= naming another guest's default tap", map[string]string{
 			"a.conf": guestConf("10.1.1.10"),
 			"b.conf": guestConf("10.1.1.11", "Tap=uml-a"),
 		}, summary{Failed: []string{
-			"a (DIR/a.conf): DIR/a.conf:3: the interface uml-a is also used by guest b (b.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
-			"b (DIR/b.conf): DIR/b.conf:6: the interface uml-a is also used by guest a (a.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
+			"a (DIR/a.conf): DIR/a.conf:3: Tap=uml-a: the interface is also used by guest b (b.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
+			"b (DIR/b.conf): DIR/b.conf:6: Tap=uml-a: the interface is also used by guest a (a.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
 		}}},
 		{"Tap= naming another guest's bridge", map[string]string{
 			"a.conf": guestConf("10.1.1.10"),
 			"b.conf": withGuest("[Network]", "Bridge=br1", "Address=10.1.1.11", "Tap=br0"),
 		}, summary{Failed: []string{
-			"a (DIR/a.conf): DIR/a.conf:4: the interface br0 is also used by guest b (b.conf); that guest's tap has this name and is deleted when that guest stops; choose another Tap= there",
-			"b (DIR/b.conf): DIR/b.conf:6: the interface br0 is also used by guest a (a.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
+			"a (DIR/a.conf): DIR/a.conf:4: Bridge=br0: the interface is also used by guest b (b.conf); that guest's tap has this name and is deleted when that guest stops; choose another Tap= there",
+			"b (DIR/b.conf): DIR/b.conf:6: Tap=br0: the interface is also used by guest a (a.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
 		}}},
 		{"same MAC", map[string]string{
 			"a.conf": guestConf("10.1.1.10", "MAC=52:54:00:00:00:01"),
 			"b.conf": guestConf("10.1.1.11", "MAC=52:54:00:00:00:01"),
 		}, summary{Failed: []string{
-			"a (DIR/a.conf): DIR/a.conf:6: the MAC address 52:54:00:00:00:01 is also used by guest b (b.conf); give each guest its own MAC=",
-			"b (DIR/b.conf): DIR/b.conf:6: the MAC address 52:54:00:00:00:01 is also used by guest a (a.conf); give each guest its own MAC=",
+			"a (DIR/a.conf): DIR/a.conf:6: MAC=52:54:00:00:00:01: the MAC address is also used by guest b (b.conf); give each guest its own MAC=",
+			"b (DIR/b.conf): DIR/b.conf:6: MAC=52:54:00:00:00:01: the MAC address is also used by guest a (a.conf); give each guest its own MAC=",
 		}}},
 		{"same Address, one with a prefix", map[string]string{
 			"a.conf": guestConf("2001:db8::1 10.1.1.10/24"),
 			"b.conf": guestConf("10.1.1.10"),
 		}, summary{Failed: []string{
-			"a (DIR/a.conf): DIR/a.conf:5: the address 10.1.1.10 is also used by guest b (b.conf); an address belongs to one guest",
-			"b (DIR/b.conf): DIR/b.conf:5: the address 10.1.1.10 is also used by guest a (a.conf); an address belongs to one guest",
+			"a (DIR/a.conf): DIR/a.conf:5: Address=10.1.1.10: the address is also used by guest b (b.conf); an address belongs to one guest",
+			"b (DIR/b.conf): DIR/b.conf:5: Address=10.1.1.10: the address is also used by guest a (a.conf); an address belongs to one guest",
 		}}},
 		{"same Cow", map[string]string{
 			"a.conf": withGuest("Cow=/var/lib/uml/shared.cow"),
 			"b.conf": withGuest("Cow=/var/lib/uml//shared.cow"),
 		}, summary{Failed: []string{
-			"a (DIR/a.conf): DIR/a.conf:3: the file /var/lib/uml/shared.cow is also used by guest b (b.conf); give each guest its own COW file with Cow=",
-			"b (DIR/b.conf): DIR/b.conf:3: the file /var/lib/uml/shared.cow is also used by guest a (a.conf); give each guest its own COW file with Cow=",
+			"a (DIR/a.conf): DIR/a.conf:3: Cow=/var/lib/uml/shared.cow: the file is also used by guest b (b.conf); give each guest its own COW file with Cow=",
+			"b (DIR/b.conf): DIR/b.conf:3: Cow=/var/lib/uml/shared.cow: the file is also used by guest a (a.conf); give each guest its own COW file with Cow=",
 		}}},
 		{"Cow=no image used by another guest", map[string]string{
 			"a.conf": withGuest("Cow=no"),
 			"b.conf": withGuest(),
 		}, summary{Failed: []string{
-			"a (DIR/a.conf): DIR/a.conf:2: the file /srv/uml/root.img is also used by guest b (b.conf); " + weWrite,
-			"b (DIR/b.conf): DIR/b.conf:2: the file /srv/uml/root.img is also used by guest a (a.conf); " + theyWrite,
+			"a (DIR/a.conf): DIR/a.conf:2: RootImage=/srv/uml/root.img: the file is also used by guest b (b.conf); " + weWrite,
+			"b (DIR/b.conf): DIR/b.conf:2: RootImage=/srv/uml/root.img: the file is also used by guest a (a.conf); " + theyWrite,
 		}}},
 		{"Cow=no image used as another guest's disk", map[string]string{
 			"a.conf": withGuest("Cow=no"),
 			"b.conf": lines("[Guest]", "RootImage=/srv/b.img", "Disk=/srv/uml/root.img:ro"),
 		}, summary{Failed: []string{
-			"a (DIR/a.conf): DIR/a.conf:2: the file /srv/uml/root.img is also used by guest b (b.conf); " + weWrite,
-			"b (DIR/b.conf): DIR/b.conf:3: the file /srv/uml/root.img is also used by guest a (a.conf); " + theyWrite,
+			"a (DIR/a.conf): DIR/a.conf:2: RootImage=/srv/uml/root.img: the file is also used by guest b (b.conf); " + weWrite,
+			"b (DIR/b.conf): DIR/b.conf:3: Disk=/srv/uml/root.img: the file is also used by guest a (a.conf); " + theyWrite,
 		}}},
 		{"Cow file used as another guest's root image", map[string]string{
 			"a.conf": withGuest("Cow=/srv/b.img"),
 			"b.conf": lines("[Guest]", "RootImage=/srv/b.img"),
 		}, summary{Failed: []string{
-			"a (DIR/a.conf): DIR/a.conf:3: the file /srv/b.img is also used by guest b (b.conf); give each guest its own COW file with Cow=",
-			"b (DIR/b.conf): DIR/b.conf:2: the file /srv/b.img is also used by guest a (a.conf); " + theyWrite,
+			"a (DIR/a.conf): DIR/a.conf:3: Cow=/srv/b.img: the file is also used by guest b (b.conf); give each guest its own COW file with Cow=",
+			"b (DIR/b.conf): DIR/b.conf:2: RootImage=/srv/b.img: the file is also used by guest a (a.conf); " + theyWrite,
 		}}},
 		{"writable Disk shared", map[string]string{
 			"a.conf": withGuest("Disk=/srv/data.img"),
 			"b.conf": withGuest("Disk=/srv/data.img"),
 		}, summary{Failed: []string{
-			"a (DIR/a.conf): DIR/a.conf:3: the file /srv/data.img is also used by guest b (b.conf); " + weWrite,
-			"b (DIR/b.conf): DIR/b.conf:3: the file /srv/data.img is also used by guest a (a.conf); " + weWrite,
+			"a (DIR/a.conf): DIR/a.conf:3: Disk=/srv/data.img: the file is also used by guest b (b.conf); " + weWrite,
+			"b (DIR/b.conf): DIR/b.conf:3: Disk=/srv/data.img: the file is also used by guest a (a.conf); " + weWrite,
 		}}},
 		{"writable Disk read by another guest", map[string]string{
 			"a.conf": withGuest("Disk=/srv/data.img"),
 			"b.conf": withGuest("Disk=/srv/data.img:ro"),
 		}, summary{Failed: []string{
-			"a (DIR/a.conf): DIR/a.conf:3: the file /srv/data.img is also used by guest b (b.conf); " + weWrite,
-			"b (DIR/b.conf): DIR/b.conf:3: the file /srv/data.img is also used by guest a (a.conf); " + theyWrite,
+			"a (DIR/a.conf): DIR/a.conf:3: Disk=/srv/data.img: the file is also used by guest b (b.conf); " + weWrite,
+			"b (DIR/b.conf): DIR/b.conf:3: Disk=/srv/data.img: the file is also used by guest a (a.conf); " + theyWrite,
 		}}},
 		{"User= naming another guest's default account", map[string]string{
 			"a.conf": withGuest(),
 			"b.conf": withGuest("User=uml-a"),
 		}, summary{Failed: []string{
-			"a (DIR/a.conf): DIR/a.conf:1: the account uml-a is also used by guest b (b.conf); it is this guest's default account, and guests share an account only when each of them names it with User=",
-			"b (DIR/b.conf): DIR/b.conf:3: the account uml-a is also used by guest a (a.conf); it is that guest's default account, and guests share an account only when each of them names it with User=",
+			"a (DIR/a.conf): DIR/a.conf:1: User=uml-a: the account is also used by guest b (b.conf); it is this guest's default account, and guests share an account only when each of them names it with User=",
+			"b (DIR/b.conf): DIR/b.conf:3: User=uml-a: the account is also used by guest a (a.conf); it is that guest's default account, and guests share an account only when each of them names it with User=",
 		}}},
 		{"conflicts found in a drop-in", map[string]string{
 			"a.conf":           guestConf("10.1.1.10"),
 			"b.conf":           guestConf("10.1.1.11"),
 			"b.conf.d/10.conf": lines("# a's address", "[Network]", "Address=", "Address=10.1.1.10"),
 		}, summary{Failed: []string{
-			"a (DIR/a.conf): DIR/a.conf:5: the address 10.1.1.10 is also used by guest b (b.conf); an address belongs to one guest",
-			"b (DIR/b.conf): DIR/b.conf.d/10.conf:4: the address 10.1.1.10 is also used by guest a (a.conf); an address belongs to one guest",
+			"a (DIR/a.conf): DIR/a.conf:5: Address=10.1.1.10: the address is also used by guest b (b.conf); an address belongs to one guest",
+			"b (DIR/b.conf): DIR/b.conf.d/10.conf:4: Address=10.1.1.10: the address is also used by guest a (a.conf); an address belongs to one guest",
 		}}},
 		{"three guests on one tap", map[string]string{
 			"a.conf": guestConf("10.1.1.10", "Tap=tap0"),
 			"b.conf": guestConf("10.1.1.11", "Tap=tap0"),
 			"c.conf": guestConf("10.1.1.12", "Tap=tap0"),
 		}, summary{Failed: []string{
-			"a (DIR/a.conf): DIR/a.conf:6: the interface tap0 is also used by guest b (b.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
-			"b (DIR/b.conf): DIR/b.conf:6: the interface tap0 is also used by guest a (a.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
-			"c (DIR/c.conf): DIR/c.conf:6: the interface tap0 is also used by guest a (a.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
+			"a (DIR/a.conf): DIR/a.conf:6: Tap=tap0: the interface is also used by guest b (b.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
+			"b (DIR/b.conf): DIR/b.conf:6: Tap=tap0: the interface is also used by guest a (a.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
+			"c (DIR/c.conf): DIR/c.conf:6: Tap=tap0: the interface is also used by guest a (a.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=",
 		}}},
 		{"several conflicts of one guest", map[string]string{
 			"a.conf": guestConf("10.1.1.10", "Tap=tap0"),
 			"b.conf": guestConf("10.1.1.10", "Tap=tap0"),
 		}, summary{Failed: []string{
-			"a (DIR/a.conf): DIR/a.conf:6: the interface tap0 is also used by guest b (b.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=\n" +
-				"DIR/a.conf:5: the address 10.1.1.10 is also used by guest b (b.conf); an address belongs to one guest",
-			"b (DIR/b.conf): DIR/b.conf:6: the interface tap0 is also used by guest a (a.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=\n" +
-				"DIR/b.conf:5: the address 10.1.1.10 is also used by guest a (a.conf); an address belongs to one guest",
+			"a (DIR/a.conf): DIR/a.conf:6: Tap=tap0: the interface is also used by guest b (b.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=\n" +
+				"DIR/a.conf:5: Address=10.1.1.10: the address is also used by guest b (b.conf); an address belongs to one guest",
+			"b (DIR/b.conf): DIR/b.conf:6: Tap=tap0: the interface is also used by guest a (a.conf); a guest's tap is deleted when the guest stops, so its name must be its own; choose another Tap=\n" +
+				"DIR/b.conf:5: Address=10.1.1.10: the address is also used by guest a (a.conf); an address belongs to one guest",
 		}}},
 		{"a broken guest conflicts with none", map[string]string{
 			"a.conf": guestConf("10.1.1.10", "Tap=tap0"),
@@ -513,5 +513,43 @@ func TestLoadIgnoresConflicts(t *testing.T) {
 	c.write("b.conf", guestConf("10.1.1.10", "Tap=tap0"))
 	if _, err := c.loader().Load("a"); err != nil {
 		t.Errorf("Load(a): %v", err)
+	}
+}
+
+// TestLoadRefusesDropInNames: a drop-in's name goes into the generated
+// unit's comments and the log, so one that could carry a line is refused.
+func TestLoadRefusesDropInNames(t *testing.T) {
+	c := newConfDir(t)
+	c.write("dns.conf", withGuest())
+	c.write("dns.conf.d/10-x\n[Service]\nExecStartPre=touch pwned\n#.conf", lines("[Guest]", "Memory=1G"))
+	_, err := c.loader().Load("dns")
+	want := `"DIR/dns.conf.d/10-x\n[Service]\nExecStartPre=touch pwned\n#.conf": refused: a drop-in's name is letters, digits, dots, dashes, underscores and @; rename it`
+	if err == nil || c.hide(err.Error()) != want {
+		t.Errorf("Load error = %v, want %s", err, want)
+	}
+}
+
+// TestLoadRefusesLargeFiles: one huge file must not stall every guest.
+func TestLoadRefusesLargeFiles(t *testing.T) {
+	c := newConfDir(t)
+	c.write("dns.conf", withGuest())
+	if err := os.Truncate(c.path("dns.conf"), 8<<30); err != nil { // sparse: no disk used
+		t.Fatal(err)
+	}
+	c.write("web.conf", withGuest())
+	got := c.loadAll()
+	want := summary{Guests: []string{"web"}, Failed: []string{
+		"dns (DIR/dns.conf): DIR/dns.conf: refused: it is larger than 64 KiB, which no guest configuration needs; check what it is",
+	}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("LoadAll (-want +got):\n%s", diff)
+	}
+}
+
+func TestLoadAllRefusesControlCharactersInDir(t *testing.T) {
+	_, err := Loader{Dir: "/etc/uml\n[Service]"}.LoadAll()
+	want := `"/etc/uml\n[Service]": the configuration directory's path contains a control character; use another`
+	if err == nil || err.Error() != want {
+		t.Errorf("LoadAll error = %v, want %s", err, want)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Source is one file's contents: the main file or a drop-in.
@@ -80,7 +81,7 @@ var refusedKeys = map[string][]refusal{
 func Parse(name string, srcs ...Source) (*Guest, error) {
 	var errs Errors
 	if !ValidName(name) {
-		errs.add(Pos{}, "%q is not a guest name; use 1 to 32 lower-case letters, digits, dashes and underscores, starting with a letter or digit", name)
+		errs.add(Pos{}, "%q is not a guest name; %s", name, nameRule)
 		return nil, errs
 	}
 	d := decoder{vals: make(map[sectionKey][]entry, 16), headers: make(map[string]Pos, 4)}
@@ -103,6 +104,10 @@ func Parse(name string, srcs ...Source) (*Guest, error) {
 	d.install(g)
 	if len(d.errs) > 0 {
 		sortErrors(d.errs, srcs)
+		if n := len(d.errs); n > maxErrors {
+			more := &Error{Pos: d.errs[maxErrors].Pos, Msg: fmt.Sprintf("and %d more errors; fix the ones above first", n-maxErrors)}
+			d.errs = append(d.errs[:maxErrors], more)
+		}
 		return nil, d.errs
 	}
 	g.claims = d.claims(g)
@@ -121,6 +126,13 @@ func sortErrors(errs Errors, srcs []Source) {
 		return cmp.Compare(a.Pos.Line, b.Pos.Line)
 	})
 }
+
+// nameRule says what ValidName accepts.
+const nameRule = "a guest's name is 1 to 32 lower-case letters, digits, dashes and underscores, starting with a letter or digit"
+
+// maxErrors bounds the errors reported per guest: past that, the file is
+// probably not a configuration at all.
+const maxErrors = 20
 
 // ValidName reports whether s may name a guest: ^[a-z0-9][a-z0-9_-]{0,31}$.
 func ValidName(s string) bool {
@@ -303,11 +315,25 @@ func (d *decoder) missingPos(section, file string) Pos {
 }
 
 func (d *decoder) bad(e entry, err error) {
-	d.errs.add(e.pos, "%s=%s %s", e.key, e.value, err.Error())
+	d.errs.add(e.pos, "%s=%s %s", e.key, shorten(e.value), err.Error())
 }
 
 func (d *decoder) badItem(key string, it item, err error) {
-	d.errs.add(it.pos, "%s=%s %s", key, it.value, err.Error())
+	d.errs.add(it.pos, "%s=%s %s", key, shorten(it.value), err.Error())
+}
+
+// shorten keeps a value echoed in an error readable, and short enough for
+// one kernel log record.
+func shorten(v string) string {
+	const max = 64
+	if len(v) <= max {
+		return v
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(v[cut]) {
+		cut--
+	}
+	return v[:cut] + "…"
 }
 
 // str applies a parser to a single-valued key, leaving *dst alone when the

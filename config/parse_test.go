@@ -211,6 +211,13 @@ func TestParseErrors(t *testing.T) {
 		{"comment after a value is part of the value", "", withGuest("Memory=1G # one gig"),
 			"dns.conf:3: Memory=1G # one gig is not a size; write a whole number with K, M or G, such as 256M"},
 
+		{"backslash left at the end by a continuation ended by a blank line", "", withGuest(`Description=foo\ \`, "", "Memory=1G"),
+			"dns.conf:3: the value of Description= ends with a backslash, which systemd would join with the next line; remove it"},
+		{"backslash left at the end by a continuation at the end of the file", "", "[Guest]\nRootImage=/srv/uml/root.img\nDescription=a\\ \\",
+			"dns.conf:3: the value of Description= ends with a backslash, which systemd would join with the next line; remove it"},
+		{"long value shortened in the error", "", withGuest("Memory=" + strings.Repeat("9", 100)),
+			"dns.conf:3: Memory=" + strings.Repeat("9", 64) + "… is not a size; write a whole number with K, M or G, such as 256M"},
+
 		// Unknown sections and keys.
 		{"unknown key", "", withGuest("Memroy=1G"),
 			"dns.conf:3: Memroy= is not a key of [Guest]; did you mean Memory=?"},
@@ -347,7 +354,7 @@ func TestParseErrors(t *testing.T) {
 		{"Bridge too long", "", withGuest("[Network]", "Bridge=br-0123456789abc", "Address=10.1.1.10"),
 			"dns.conf:4: Bridge=br-0123456789abc is longer than the 15 bytes Linux allows for an interface name"},
 		{"Tap with a slash", "", network("Tap=tap/0"),
-			"dns.conf:6: Tap=tap/0 is not an interface name; use letters, digits, dashes and dots"},
+			"dns.conf:6: Tap=tap/0 is not an interface name; use letters, digits, dashes, underscores and dots"},
 		{"default tap too long", "abcdefghijkl", withGuest("[Network]", "Bridge=br0", "Address=10.1.1.10"),
 			"abcdefghijkl.conf:3: the default tap name uml-abcdefghijkl is longer than 15 bytes; set Tap= in [Network]"},
 		{"MAC multicast", "", network("MAC=01:00:5e:00:00:01"),
@@ -699,7 +706,7 @@ func TestParseDropInErrorsNameTheDropIn(t *testing.T) {
 func TestParseName(t *testing.T) {
 	for _, name := range []string{"", "DNS", "-dns", "_dns", "dns.web", "dns web", strings.Repeat("a", 33)} {
 		_, err := parse(name, withGuest())
-		want := fmt.Sprintf("%q is not a guest name; use 1 to 32 lower-case letters, digits, dashes and underscores, starting with a letter or digit", name)
+		want := fmt.Sprintf("%q is not a guest name; a guest's name is 1 to 32 lower-case letters, digits, dashes and underscores, starting with a letter or digit", name)
 		if diff := cmp.Diff(want, errText(err)); diff != "" {
 			t.Errorf("Parse(%q) error (-want +got):\n%s", name, diff)
 		}
@@ -844,4 +851,20 @@ func TestParseDNSExample(t *testing.T) {
 		t.Errorf("Parse mismatch (-want +got):\n%s", diff)
 	}
 	checkFormatRoundTrip(t, got)
+}
+
+// TestParseErrorLimit: a file that is not a configuration at all gets a
+// bounded report.
+func TestParseErrorLimit(t *testing.T) {
+	_, err := parse("dns", withGuest(strings.Repeat("nonsense\n", 30)))
+	errs, ok := err.(Errors)
+	if !ok {
+		t.Fatalf("Parse error is %T, want Errors", err)
+	}
+	if len(errs) != maxErrors+1 {
+		t.Fatalf("got %d errors, want %d and a summary:\n%v", len(errs), maxErrors, err)
+	}
+	if got, want := errs[maxErrors].Error(), "dns.conf:23: and 10 more errors; fix the ones above first"; got != want {
+		t.Errorf("last error = %q, want %q", got, want)
+	}
 }

@@ -72,7 +72,14 @@ func lex(file string, data []byte) (syntax, Errors) {
 			}
 			return // under a malformed header: already reported
 		}
-		out.entries = append(out.entries, entry{section, key, strings.TrimSpace(text[eq+1:]), p})
+		value := strings.TrimSpace(text[eq+1:])
+		if n := len(value) - len(strings.TrimRight(value, `\`)); n%2 == 1 {
+			// A continuation ended by a blank line or the end of the file
+			// ("a\ \"): written to a unit, it would swallow the next line.
+			errs.add(p, "the value of %s= ends with a backslash, which systemd would join with the next line; remove it", key)
+			return
+		}
+		out.entries = append(out.entries, entry{section, key, value, p})
 	}
 
 	// Keys and values are substrings of one copy of the file: a string per
@@ -104,8 +111,7 @@ func lex(file string, data []byte) (syntax, Errors) {
 			contStart = line
 		}
 		// An odd number of trailing backslashes continues the line; an
-		// even number is escaped backslashes, as systemd reads it. So no
-		// value ends in a backslash that would continue a generated line.
+		// even number is escaped backslashes, as systemd reads it.
 		if n := len(text) - len(strings.TrimRight(text, `\`)); n%2 == 1 {
 			cont = append(append(cont, text[:len(text)-1]...), ' ')
 			continue

@@ -196,8 +196,8 @@ func ParseInterfaceName(s string) (string, error) {
 		return "", fmt.Errorf("is longer than the %d bytes Linux allows for an interface name", MaxTapName)
 	}
 	for _, c := range []byte(s) {
-		if c <= ' ' || c >= 0x7f || c == '/' || c == ':' || c == '%' {
-			return "", errors.New("is not an interface name; use letters, digits, dashes and dots")
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return "", errors.New("is not an interface name; use letters, digits, dashes, underscores and dots")
 		}
 	}
 	return s, nil

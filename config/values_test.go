@@ -228,7 +228,7 @@ func TestParsePath(t *testing.T) {
 }
 
 func TestParseInterfaceName(t *testing.T) {
-	const bad = "is not an interface name; use letters, digits, dashes and dots"
+	const bad = "is not an interface name; use letters, digits, dashes, underscores and dots"
 	for _, tc := range []struct{ in, wantErr string }{
 		{"br0", ""},
 		{"uml-dns", ""},

@@ -75,9 +75,7 @@ func (gen Generator) report(set *config.Set) {
 		gen.Log.Warning(w)
 	}
 	for _, f := range set.Failed {
-		for _, line := range strings.Split(f.Err.Error(), "\n") {
-			gen.Log.Error(line)
-		}
+		gen.Log.Error(f.Err.Error())
 		gen.Log.Error(fmt.Sprintf("%s: no unit generated for uml@%s.service; fix the errors above and run systemctl daemon-reload", f.Path, f.Name))
 	}
 }

@@ -14,7 +14,6 @@ import (
 const (
 	LevelErr     = 3
 	LevelWarning = 4
-	LevelNotice  = 5
 	LevelInfo    = 6
 	LevelDebug   = 7
 )
@@ -67,19 +66,28 @@ func OpenKmsg(path string) *os.File {
 
 func (l *Logger) Error(msg string)   { l.log(LevelErr, msg) }
 func (l *Logger) Warning(msg string) { l.log(LevelWarning, msg) }
-func (l *Logger) Info(msg string)    { l.log(LevelInfo, msg) }
 func (l *Logger) Debug(msg string)   { l.log(LevelDebug, msg) }
 
+// maxRecord is what the kernel accepts in one /dev/kmsg write; a longer
+// one is refused whole (EINVAL).
+const maxRecord = 1024
+
+// log writes each line of msg as a record of its own.
 func (l *Logger) log(prio int, msg string) {
 	if prio > l.level {
 		return
 	}
-	msg = strings.TrimRight(msg, "\n")
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.kmsg != nil {
-		// LOG_DAEMON, so that the journal files it with other services.
-		fmt.Fprintf(l.kmsg, "<%d>%s[%d]: %s\n", 3<<3|prio, l.tag, l.pid, msg)
+	for line := range strings.SplitSeq(strings.TrimRight(msg, "\n"), "\n") {
+		if l.kmsg != nil {
+			// LOG_DAEMON, so that the journal files it with other services.
+			rec := fmt.Sprintf("<%d>%s[%d]: %s", 3<<3|prio, l.tag, l.pid, line)
+			if len(rec) >= maxRecord {
+				rec = rec[:maxRecord-len("…")-1] + "…"
+			}
+			fmt.Fprintln(l.kmsg, rec)
+		}
+		fmt.Fprintf(l.stderr, "%s: %s\n", l.tag, line)
 	}
-	fmt.Fprintf(l.stderr, "%s: %s\n", l.tag, msg)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -37,8 +38,7 @@ func TestLoggerWritesKmsgAndStderr(t *testing.T) {
 	l := NewLogger("uml-generator", 42, LevelWarning, &kmsg, &stderr)
 	l.Error("dns.conf:3: bad")
 	l.Warning("notes.txt: ignored")
-	l.Info("not shown at level warning")
-	l.Debug("not shown either")
+	l.Debug("not shown at level warning")
 
 	// <27> and <28>: LOG_DAEMON with err and warning.
 	wantKmsg := "<27>uml-generator[42]: dns.conf:3: bad\n<28>uml-generator[42]: notes.txt: ignored\n"
@@ -71,5 +71,25 @@ func TestOpenKmsgNeverCreates(t *testing.T) {
 	if f := OpenKmsg(regular); f != nil {
 		f.Close()
 		t.Error("OpenKmsg accepted a regular file; only the character device is the kernel log")
+	}
+}
+
+// TestLoggerRecords: every line is a record of its own (a record with a
+// newline would be cut by the kernel), and none exceeds what /dev/kmsg
+// accepts in one write.
+func TestLoggerRecords(t *testing.T) {
+	var kmsg, stderr bytes.Buffer
+	l := NewLogger("uml-generator", 7, LevelDebug, &kmsg, &stderr)
+	l.Error("first\nsecond\n")
+	l.Error(strings.Repeat("x", 2000))
+	lines := strings.Split(strings.TrimSuffix(kmsg.String(), "\n"), "\n")
+	if len(lines) != 3 || lines[0] != "<27>uml-generator[7]: first" || lines[1] != "<27>uml-generator[7]: second" {
+		t.Fatalf("kmsg records:\n%s", kmsg.String())
+	}
+	if n := len(lines[2]) + 1; n > maxRecord || !strings.HasSuffix(lines[2], "…") {
+		t.Errorf("long record is %d bytes with its newline (limit %d), ends %q", n, maxRecord, lines[2][len(lines[2])-10:])
+	}
+	if want := "uml-generator: first\numl-generator: second\numl-generator: " + strings.Repeat("x", 2000) + "\n"; stderr.String() != want {
+		t.Errorf("stderr keeps every line whole; got %d bytes", stderr.Len())
 	}
 }

@@ -10,6 +10,7 @@ package generator
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -120,7 +121,7 @@ func passThrough(b *bytes.Buffer, section string, settings []config.Setting) {
 }
 
 func withMargin(t config.Timespan, margin time.Duration) string {
-	if t.Infinite {
+	if t.Infinite || t.D > math.MaxInt64-margin {
 		return "infinity"
 	}
 	return config.FormatTimespan(config.Timespan{D: t.D + margin})

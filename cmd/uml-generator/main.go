@@ -35,10 +35,7 @@ func main() {
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(os.Stderr, "%s: %v\n", tag, err)
 		os.Exit(2)
-	default:
-		if !errors.Is(err, generator.ErrFailed) { // those were logged one by one
-			fmt.Fprintf(os.Stderr, "%s: %v\n", tag, err)
-		}
+	default: // run has logged it
 		os.Exit(1)
 	}
 }
@@ -68,6 +65,7 @@ func run(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	if d := os.Getenv("UMLSD_CONFIG_DIR"); d != "" {
 		dir = d
 	}
+	var err error
 	gen := generator.Generator{
 		Loader: config.Loader{Dir: dir},
 		Options: generator.Options{
@@ -77,8 +75,15 @@ func run(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		Log: generator.NewLogger(tag, os.Getpid(), level, kmsg, stderr),
 	}
 	if *dryRun {
-		return gen.DryRun(stdout)
+		err = gen.DryRun(stdout)
+	} else {
+		// One argument means all three directories; only NORMAL is used.
+		err = gen.Run(dirs[0])
 	}
-	// One argument means all three directories; only NORMAL is used.
-	return gen.Run(dirs[0])
+	// Each guest's errors were logged as they were found; what remains is
+	// about the whole run, and belongs in the kernel log just as well.
+	if err != nil && !errors.Is(err, generator.ErrFailed) {
+		gen.Log.Error(err.Error())
+	}
+	return err
 }
