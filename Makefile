@@ -37,7 +37,10 @@ build: $(addprefix bin/,$(COMMANDS)) $(addprefix build/units/,$(UNITS)) $(addpre
 # The generator links guests to the template where make install puts it.
 LDFLAGS := -X main.templatePath=$(SYSTEMD_UNITDIR)/uml@.service
 
-bin/%: FORCE
+# Real prerequisites, so that "sudo make install" after "make" only copies
+# (root's PATH may have no Go).
+GO_SOURCES := go.mod go.sum $(shell find . -name '*.go' ! -name '*_test.go' ! -path './.git/*')
+bin/%: $(GO_SOURCES) build/dirs
 	$(GO) build $(GOFLAGS) -ldflags '$(LDFLAGS)' -o $@ ./cmd/$*
 
 # Units name the installed binaries by absolute path: rebuild them when the

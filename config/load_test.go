@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"umlsd/internal/testbed"
 )
 
 // confDir is a configuration directory for the Loader in a temporary
@@ -192,16 +194,10 @@ func TestLoadErrors(t *testing.T) {
 	}
 }
 
-// chownOrSkip gives a file to another user, which needs root. Without root
-// the test is skipped, except in CI, which must run it.
+// chownOrSkip gives a file to another user, which needs root.
 func chownOrSkip(t *testing.T, path string, uid int) {
 	t.Helper()
-	if os.Getuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("the wrong-owner test needs root, and CI=true says it must run")
-		}
-		t.Skip("the wrong-owner test needs root")
-	}
+	testbed.RequireRoot(t)
 	if err := os.Lchown(path, uid, -1); err != nil {
 		t.Fatal(err)
 	}

@@ -489,7 +489,10 @@ func TestParseRefusedPassThrough(t *testing.T) {
 		{"Service", []string{"User", "Group", "DynamicUser"}, account},
 		{"Service", []string{"RootDirectory", "RootImage"}, jail},
 		{"Service", []string{"PrivateNetwork", "NetworkNamespacePath", "PrivateDevices", "PrivateUsers",
-			"RestrictAddressFamilies", "CapabilityBoundingSet", "ProtectKernelTunables", "RestrictNamespaces"}, sandbox},
+			"RestrictAddressFamilies", "CapabilityBoundingSet", "ProtectKernelTunables", "RestrictNamespaces",
+			"DevicePolicy", "DeviceAllow", "ProcSubset", "SecureBits"}, sandbox},
+		{"Service", []string{"ProtectSystem", "ProtectHome"},
+			"uml@.service sets what uml-supervisor tolerates; stricter settings keep it from creating the guest's account in /etc and from reaching the images"},
 		{"Service", []string{"MemoryDenyWriteExecute", "SystemCallFilter"}, kernel},
 		{"Service", []string{"TimeoutSec", "TimeoutStartSec", "TimeoutStopSec"}, timeouts},
 	} {
@@ -593,6 +596,8 @@ func TestParseSyntax(t *testing.T) {
 			func(g *Guest) { g.Description, g.Memory = `C:\\`, 1<<30 }},
 		{"three backslashes: an escaped one and a continuation", withGuest(`Description=C:\\\`, "D"),
 			func(g *Guest) { g.Description = `C:\\ D` }},
+		{"byte-order mark at the start", "\ufeff" + withGuest("Memory=1G"),
+			func(g *Guest) { g.Memory = 1 << 30 }},
 		{"non-ASCII text", withGuest("Description=Gästebuch – ünïcödé"),
 			func(g *Guest) { g.Description = "Gästebuch – ünïcödé" }},
 	})

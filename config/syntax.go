@@ -84,7 +84,7 @@ func lex(file string, data []byte) (syntax, Errors) {
 
 	// Keys and values are substrings of one copy of the file: a string per
 	// line would be most of the parser's allocations.
-	rest := string(data)
+	rest := strings.TrimPrefix(string(data), "\ufeff") // a byte-order mark, as systemd skips it
 	out.entries = make([]entry, 0, strings.Count(rest, "\n")+1)
 	line := 0
 	for len(rest) > 0 {

@@ -95,12 +95,19 @@ func TestSystemdLoadsGeneratedUnits(t *testing.T) {
 		t.Errorf("uml@broken.service has SourcePath %q; a broken configuration must generate nothing", out)
 	}
 
-	// systemd-analyze verify is clean for our files. It exits 0 on
-	// warnings, so read what it says.
-	_, stderr, err := m.Run(t.Context(), "systemd-analyze", "verify", "uml@dns.service", "uml@web.service", "uml.target")
+	// systemd-analyze verify is clean for our files, the generated drop-ins
+	// included (--generators=yes runs the generators as systemd does). It
+	// exits 0 on warnings, so read what it says.
+	_, stderr, err := m.Run(t.Context(), "systemd-analyze", "verify", "--generators=yes", "uml@dns.service", "uml@web.service", "uml.target")
+	expected := map[string]bool{ // the broken guest, reported by our generator
+		"uml-generator: /etc/uml/broken.conf:3: Memroy= is not a key of [Guest]; did you mean Memory=?":                                       true,
+		"uml-generator: /etc/uml/broken.conf: no unit generated for uml@broken.service; fix the errors above and run systemctl daemon-reload": true,
+		"/usr/lib/systemd/system-generators/uml-generator failed with exit status 1.":                                                         true,
+	}
 	var ours []string
 	for _, line := range strings.Split(strings.TrimSpace(stderr), "\n") {
-		if line == "" || !strings.Contains(line, "uml") {
+		if line == "" || !strings.Contains(line, "uml") || expected[line] {
+			delete(expected, line)
 			continue
 		}
 		// Until the supervisor exists (it comes with its own issue), verify
@@ -114,6 +121,9 @@ func TestSystemdLoadsGeneratedUnits(t *testing.T) {
 	}
 	if len(ours) > 0 {
 		t.Errorf("systemd-analyze verify warns about our units:\n%s", strings.Join(ours, "\n"))
+	}
+	if len(expected) > 0 {
+		t.Errorf("systemd-analyze verify --generators=yes did not run our generator; stderr:\n%s", stderr)
 	}
 	if err != nil && !strings.Contains(stderr, supervisor+" is not executable") {
 		t.Errorf("systemd-analyze verify: %v", err)
@@ -194,5 +204,29 @@ func TestInstalledGuestPulledInAtBoot(t *testing.T) {
 	out, _, err := m.Run(ctx, "systemctl", "show", "-P", "InactiveExitTimestampMonotonic", "uml@dns.service")
 	if err != nil || strings.TrimSpace(out) == "0" || strings.TrimSpace(out) == "" {
 		t.Errorf("uml@dns.service was never started at boot: InactiveExitTimestampMonotonic=%q (%v)", out, err)
+	}
+}
+
+// TestStoppingUMLTargetStopsEveryGuest checks the template's wiring to
+// uml.target: stopping it stops every guest and returns only when they are
+// all down (an administrator may merge a COW file right after).
+func TestStoppingUMLTargetStopsEveryGuest(t *testing.T) {
+	m := bootWithConfigs(t)
+	// A stand-in for uml-supervisor, in this throwaway machine only, that
+	// takes two seconds to stop: the wiring is what is tested here.
+	m.WriteFile(t, "/etc/systemd/system/uml@.service.d/zz-stand-in.conf", []byte(`[Service]
+Type=simple
+ExecStart=
+ExecStart=/bin/sh -c 'trap "sleep 2; exit 0" TERM; while :; do sleep 0.1; done'
+ExecStopPost=
+`), 0o644)
+	m.MustRun(t, "systemctl", "daemon-reload")
+	m.MustRun(t, "systemctl", "start", "uml@dns.service", "uml@web.service")
+	m.MustRun(t, "systemctl", "is-active", "uml.target")
+	m.MustRun(t, "systemctl", "stop", "uml.target")
+	for _, u := range []string{"uml@dns.service", "uml@web.service"} {
+		if state, _, _ := m.Run(t.Context(), "systemctl", "is-active", u); strings.TrimSpace(state) != "inactive" {
+			t.Errorf("%s is %q right after systemctl stop uml.target returned, want inactive", u, strings.TrimSpace(state))
+		}
 	}
 }

@@ -6,15 +6,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"umlsd/internal/parallel"
 )
 
 // BenchmarkGenerator runs the real binary, as systemd would at boot, on
@@ -85,22 +85,13 @@ func BenchmarkKernelFloor(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		buf := make([][]byte, runtime.GOMAXPROCS(0))
 		var failed atomic.Bool
-		var next atomic.Int64
-		var wg sync.WaitGroup
-		for w := range buf {
-			buf[w] = make([]byte, 4096)
-			wg.Go(func() {
-				for g := int(next.Add(1) - 1); g < n; g = int(next.Add(1) - 1) {
-					name := fmt.Sprintf("g%05d", g)
-					if err := floorGuest(dir, filepath.Join(conf, name+".conf"), name, buf[w], dropIn); err != nil {
-						failed.Store(true)
-					}
-				}
-			})
-		}
-		wg.Wait()
+		parallel.Each(n, func(g int) {
+			name := fmt.Sprintf("g%05d", g)
+			if err := floorGuest(dir, filepath.Join(conf, name+".conf"), name, dropIn); err != nil {
+				failed.Store(true)
+			}
+		})
 		unix.Close(dir)
 		if failed.Load() {
 			b.Fatal("a file system call failed")
@@ -114,7 +105,8 @@ func BenchmarkKernelFloor(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/run")
 }
 
-func floorGuest(dir int, conf, name string, buf, dropIn []byte) error {
+func floorGuest(dir int, conf, name string, dropIn []byte) error {
+	buf := make([]byte, 4096)
 	fd, err := unix.Open(conf, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
