@@ -82,16 +82,14 @@ var refusedKeys = map[string][]refusal{
 // Parse reads one guest's main file and drop-ins (in the order given) into
 // a Guest. It does not touch the file system. The error, if any, is Errors.
 func Parse(name string, srcs ...Source) (*Guest, error) {
-	var errs Errors
 	if !ValidName(name) {
-		errs.add(Pos{}, "%q is not a guest name; %s", name, nameRule)
-		return nil, errs
+		return nil, Errors{{Msg: fmt.Sprintf("%q is not a guest name; %s", name, nameRule)}}
 	}
 	d := decoder{vals: make(map[sectionKey][]entry, 16), headers: make(map[string]Pos, 4)}
 	for _, src := range srcs {
 		syn, lexErrs := lex(src.Path, src.Data)
-		errs = append(errs, lexErrs...)
-		d.collect(syn, &errs)
+		d.errs = append(d.errs, lexErrs...)
+		d.collect(syn)
 	}
 	g := &Guest{Name: name}
 	if len(srcs) > 0 {
@@ -100,7 +98,6 @@ func Parse(name string, srcs ...Source) (*Guest, error) {
 			g.DropIns = append(g.DropIns, s.Path)
 		}
 	}
-	d.errs = errs
 	d.guest(g)
 	d.network(g)
 	d.firewall(g)
@@ -164,7 +161,7 @@ type decoder struct {
 	errs    Errors
 }
 
-func (d *decoder) collect(syn syntax, errs *Errors) {
+func (d *decoder) collect(syn syntax) {
 	for _, h := range syn.headers {
 		if _, seen := d.headers[h.name]; seen {
 			continue
@@ -175,7 +172,7 @@ func (d *decoder) collect(syn syntax, errs *Errors) {
 			if n, ok := nearest(h.name, sectionNames()); ok {
 				hint = "; did you mean [" + n + "]?"
 			}
-			errs.add(h.pos, "[%s] is not a section of uml.conf%s", h.name, hint)
+			d.errs.add(h.pos, "[%s] is not a section of uml.conf%s", h.name, hint)
 		}
 	}
 	for _, e := range syn.entries {
@@ -185,7 +182,7 @@ func (d *decoder) collect(syn syntax, errs *Errors) {
 		switch e.section {
 		case sectionUnit, sectionService:
 			if why := refusedWhy(e.section, e.key); why != "" {
-				errs.add(e.pos, "%s= cannot be set in [%s]: %s", e.key, e.section, why)
+				d.errs.add(e.pos, "%s= cannot be set in [%s]: %s", e.key, e.section, why)
 				continue
 			}
 			s := Setting{Key: e.key, Value: e.value, Pos: e.pos}
@@ -199,7 +196,7 @@ func (d *decoder) collect(syn syntax, errs *Errors) {
 		def, ok := lookupKey(e.section, e.key)
 		if !ok {
 			if knownSection(e.section) {
-				errs.add(e.pos, "%s= is not a key of [%s]%s", e.key, e.section, suggestKey(e.section, e.key))
+				d.errs.add(e.pos, "%s= is not a key of [%s]%s", e.key, e.section, suggestKey(e.section, e.key))
 			}
 			continue
 		}
@@ -361,10 +358,9 @@ func (d *decoder) guest(g *Guest) {
 	str(d, s, "Description", &g.Description, func(v string) (string, error) { return v, nil })
 	g.Kernel = DefaultKernel
 	str(d, s, "Kernel", &g.Kernel, func(v string) (string, error) { return ParsePath(v, false) })
-	if _, ok := str(d, s, "RootImage", &g.RootImage, func(v string) (string, error) { return ParsePath(v, true) }); !ok {
-		if _, set := d.single(s, "RootImage"); !set {
-			d.errs.add(d.missingPos(s, g.Path), "RootImage= is missing in [Guest]; set it to the guest's root filesystem image")
-		}
+	str(d, s, "RootImage", &g.RootImage, func(v string) (string, error) { return ParsePath(v, true) })
+	if _, set := d.single(s, "RootImage"); !set {
+		d.errs.add(d.missingPos(s, g.Path), "RootImage= is missing in [Guest]; set it to the guest's root filesystem image")
 	}
 	g.Cow = StateDir + "/" + g.Name + "/root.cow"
 	str(d, s, "Cow", &g.Cow, func(v string) (string, error) {
@@ -484,10 +480,9 @@ func (d *decoder) network(g *Guest) {
 	}
 	n := &Network{AntiSpoofing: true}
 	g.Network = n
-	if _, ok := str(d, s, "Bridge", &n.Bridge, ParseInterfaceName); !ok {
-		if _, set := d.single(s, "Bridge"); !set {
-			d.errs.add(d.missingPos(s, g.Path), "Bridge= is missing in [Network]; name the existing bridge the guest's tap joins")
-		}
+	str(d, s, "Bridge", &n.Bridge, ParseInterfaceName)
+	if _, set := d.single(s, "Bridge"); !set {
+		d.errs.add(d.missingPos(s, g.Path), "Bridge= is missing in [Network]; name the existing bridge the guest's tap joins")
 	}
 	if _, ok := d.single(s, "Tap"); ok {
 		str(d, s, "Tap", &n.Tap, ParseInterfaceName)
@@ -501,7 +496,8 @@ func (d *decoder) network(g *Guest) {
 	str(d, s, "MAC", &n.MAC, ParseMAC)
 	str(d, s, "AntiSpoofing", &n.AntiSpoofing, ParseBool)
 	seen := map[netip.Addr]bool{}
-	for _, it := range d.list(s, "Address") {
+	addrs := d.list(s, "Address")
+	for _, it := range addrs {
 		p, err := ParseAddress(it.value)
 		switch {
 		case err != nil:
@@ -513,7 +509,7 @@ func (d *decoder) network(g *Guest) {
 			n.Addresses = append(n.Addresses, p)
 		}
 	}
-	if len(d.list(s, "Address")) == 0 && n.AntiSpoofing {
+	if len(addrs) == 0 && n.AntiSpoofing {
 		d.errs.add(d.missingPos(s, g.Path), "Address= is missing in [Network]; list the guest's addresses, or set AntiSpoofing=no to let it use any")
 	}
 	if g.Ready.Kind == ReadyTCP && len(n.Addresses) == 0 {

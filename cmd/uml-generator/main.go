@@ -65,7 +65,6 @@ func run(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	if d := os.Getenv("UMLSD_CONFIG_DIR"); d != "" {
 		dir = d
 	}
-	var err error
 	gen := generator.Generator{
 		Loader: config.Loader{Dir: dir},
 		Options: generator.Options{
@@ -74,13 +73,14 @@ func run(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		},
 		Log: generator.NewLogger(tag, os.Getpid(), level, kmsg, stderr),
 	}
+	var err error
 	if *dryRun {
 		err = gen.DryRun(stdout)
 	} else {
 		// One argument means all three directories; only NORMAL is used.
 		err = gen.Run(dirs[0])
 	}
-	// Each guest's errors were logged as they were found; what remains is
+	// Each guest's errors are logged by the generator; what remains is
 	// about the whole run, and belongs in the kernel log just as well.
 	if err != nil && !errors.Is(err, generator.ErrFailed) {
 		gen.Log.Error(err.Error())
