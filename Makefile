@@ -23,8 +23,9 @@ TESTTIMEOUT ?= 60m
 FUZZTIME ?= 200000x
 
 # Debian packages the test tiers need (systemd-nspawn for the throwaway
-# machine; a UML kernel, busybox and e2fsprogs for guest images).
-DEB_PACKAGES := pkg-config systemd systemd-container user-mode-linux busybox-static e2fsprogs
+# machine; a UML kernel, busybox and e2fsprogs for guest images; uml-utilities
+# as the reference client and COW tools the tests compare against).
+DEB_PACKAGES := pkg-config systemd systemd-container user-mode-linux uml-utilities busybox-static e2fsprogs
 
 COMMANDS := uml-generator
 UNITS    := uml@.service uml.target
