@@ -27,9 +27,9 @@ FUZZTIME ?= 200000x
 # as the reference client and COW tools the tests compare against).
 DEB_PACKAGES := pkg-config systemd systemd-container user-mode-linux uml-utilities busybox-static e2fsprogs
 
-COMMANDS := uml-generator
+COMMANDS := uml-generator uml-supervisor
 UNITS    := uml@.service uml.target
-MANPAGES := uml.conf.5
+MANPAGES := uml.conf.5 uml-supervisor.8
 
 all: build
 
@@ -63,13 +63,16 @@ build/man/%: doc/%.md Makefile
 install: build
 	install -D -m 0755 bin/uml-generator $(DESTDIR)$(SYSTEMD_GENERATORDIR)/uml-generator
 	install -D -m 0644 -t $(DESTDIR)$(SYSTEMD_UNITDIR) $(addprefix build/units/,$(UNITS))
+	install -D -m 0755 bin/uml-supervisor $(DESTDIR)$(LIBEXECDIR)/umlsd/uml-supervisor
 	install -D -m 0644 build/man/uml.conf.5 $(DESTDIR)$(MANDIR)/man5/uml.conf.5
+	install -D -m 0644 build/man/uml-supervisor.8 $(DESTDIR)$(MANDIR)/man8/uml-supervisor.8
 	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/uml
 
 uninstall:
 	rm -f $(DESTDIR)$(SYSTEMD_GENERATORDIR)/uml-generator
 	rm -f $(addprefix $(DESTDIR)$(SYSTEMD_UNITDIR)/,$(UNITS))
-	rm -f $(DESTDIR)$(MANDIR)/man5/uml.conf.5
+	rm -f $(DESTDIR)$(LIBEXECDIR)/umlsd/uml-supervisor
+	rm -f $(DESTDIR)$(MANDIR)/man5/uml.conf.5 $(DESTDIR)$(MANDIR)/man8/uml-supervisor.8
 
 # Installs what is missing, nothing if everything is there.
 deps:

@@ -1,0 +1,119 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"os/user"
+	"strconv"
+	"strings"
+
+	"umlsd/config"
+)
+
+// Account is the host identity a guest's kernel runs as.
+type Account struct {
+	User     string // as written, or the default uml-NAME
+	UID, GID int
+}
+
+// accounts finds and creates host accounts: an interface so that tests
+// need not edit the host's /etc/passwd.
+type accounts interface {
+	// LookupUser finds a user by name or numeric uid; it returns
+	// user.UnknownUserError (or UnknownUserIdError) when there is none.
+	LookupUser(name string) (*user.User, error)
+	LookupGroup(name string) (*user.Group, error)
+	// CreateSystemUser creates a system user with its own group, no login
+	// shell and no home.
+	CreateSystemUser(ctx context.Context, name, comment string) error
+}
+
+// hostAccounts is the host's account database, changed with useradd.
+type hostAccounts struct{}
+
+func (hostAccounts) LookupUser(name string) (*user.User, error) {
+	if _, err := strconv.Atoi(name); err == nil {
+		return user.LookupId(name)
+	}
+	return user.Lookup(name)
+}
+
+func (hostAccounts) LookupGroup(name string) (*user.Group, error) {
+	if _, err := strconv.Atoi(name); err == nil {
+		return user.LookupGroupId(name)
+	}
+	return user.LookupGroup(name)
+}
+
+func (hostAccounts) CreateSystemUser(ctx context.Context, name, comment string) error {
+	cmd := exec.CommandContext(ctx, "useradd", "--system", "--user-group", "--no-create-home",
+		"--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", "--comment", comment, name)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("running %s: %w: %s", strings.Join(cmd.Args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func isUnknown(err error) bool {
+	var u user.UnknownUserError
+	var uid user.UnknownUserIdError
+	var g user.UnknownGroupError
+	var gid user.UnknownGroupIdError
+	return errors.As(err, &u) || errors.As(err, &uid) || errors.As(err, &g) || errors.As(err, &gid)
+}
+
+// resolveAccount finds the account g's kernel runs as, creating the default
+// one (uml-NAME) on first use. A numeric uid or gid without an entry in the
+// account database is allowed, as systemd allows it, but then Group= must
+// say the group. Root's uid and gid are refused.
+func resolveAccount(ctx context.Context, db accounts, g *config.Guest) (Account, bool, error) {
+	created := false
+	u, err := db.LookupUser(g.User)
+	if isUnknown(err) && g.UserIsDefault {
+		if err := db.CreateSystemUser(ctx, g.User, "umlsd guest "+g.Name); err != nil {
+			return Account{}, false, fmt.Errorf("creating the guest's account %s: %w", g.User, err)
+		}
+		created = true
+		u, err = db.LookupUser(g.User)
+	}
+	acct := Account{User: g.User, UID: -1, GID: -1}
+	switch {
+	case err == nil:
+		acct.UID, _ = strconv.Atoi(u.Uid)
+		acct.GID, _ = strconv.Atoi(u.Gid)
+	case isUnknown(err):
+		n, convErr := strconv.Atoi(g.User)
+		if convErr != nil {
+			return Account{}, false, fmt.Errorf("there is no user %s (User=); create it (useradd --system %s) or remove User= to use the default account", g.User, g.User)
+		}
+		acct.UID = n
+	default:
+		return Account{}, false, fmt.Errorf("looking up user %s: %w", g.User, err)
+	}
+	if g.Group != "" {
+		gr, err := db.LookupGroup(g.Group)
+		switch {
+		case err == nil:
+			acct.GID, _ = strconv.Atoi(gr.Gid)
+		case isUnknown(err):
+			n, convErr := strconv.Atoi(g.Group)
+			if convErr != nil {
+				return Account{}, false, fmt.Errorf("there is no group %s (Group=); create it (groupadd --system %s) or remove Group= to use the user's own group", g.Group, g.Group)
+			}
+			acct.GID = n
+		default:
+			return Account{}, false, fmt.Errorf("looking up group %s: %w", g.Group, err)
+		}
+	}
+	switch {
+	case acct.GID < 0:
+		return Account{}, false, fmt.Errorf("user %s (User=) has no entry in the account database, so it has no primary group; set Group= as well", g.User)
+	case acct.UID == 0:
+		return Account{}, false, fmt.Errorf("user %s (User=) is root (uid 0); a guest kernel must never run as root: name an unprivileged account or remove User=", g.User)
+	case acct.GID == 0:
+		return Account{}, false, fmt.Errorf("the guest's group is root's (gid 0), which can read files meant for root only: set Group= to an unprivileged group")
+	}
+	return acct, created, nil
+}
