@@ -49,12 +49,15 @@ func readConsole(master *os.File, log Log, pattern *regexp.Regexp, matched chan<
 			return
 		}
 		text := string(bytes.TrimRight(line, "\r"))
+		line = line[:0]
+		if text == "" {
+			return // blank lines only pad the journal
+		}
 		log.Console(text)
 		if pattern != nil && pattern.MatchString(text) {
 			close(matched)
 			pattern = nil
 		}
-		line = line[:0]
 	}
 	for {
 		if len(line) > 0 {
