@@ -2,9 +2,10 @@
 #
 #   make                 build binaries into bin/, units and man pages into build/
 #   make install         install (honours DESTDIR and PREFIX)
+#   make demo            boot a demo guest in a throwaway systemd machine (root)
 #   make test            every test tier (unit, privileged, end-to-end)
 #   make deps            install the Debian packages the tests need
-#   make bench           generator benchmark (wall time and peak RSS)
+#   make bench           generator and supervisor benchmarks (time, memory)
 
 PREFIX     ?= /usr/local
 BINDIR     ?= $(PREFIX)/bin
@@ -97,11 +98,17 @@ test: test-deps build lint
 	$(GO) test -count=1 -timeout $(TESTTIMEOUT) ./...
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./config
 
+# A test only to reuse the test bed, which tears the machine down whatever
+# happens; the build tag keeps it out of make test.
+demo: deps build
+	$(GO) test -tags demo -count=1 -v -run '^TestDemo$$' ./demo
+
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./cmd/uml-generator
+	$(GO) test -run '^$$' -bench Supervisor -benchtime 5x ./e2e
 
 clean:
 	rm -rf bin build
 
 FORCE:
-.PHONY: all build install uninstall deps test-deps lint test bench clean FORCE
+.PHONY: all build install uninstall deps test-deps lint test demo bench clean FORCE
