@@ -1,18 +1,18 @@
 package e2e
 
 import (
-	"bufio"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"umlsd/guestimage"
 	"umlsd/internal/testbed"
+	"umlsd/internal/umltest"
 	"umlsd/mconsole"
 )
 
@@ -109,40 +109,18 @@ func bareKernel(b *testing.B, img string) (boot, shutdown time.Duration) {
 	cmd := exec.Command("linux.uml", "ubd0="+dir+"/cow,"+img, "root=/dev/ubda", "mem=64M", "umid=bench",
 		"uml_dir="+dir, "mconsole=notify:"+dir+"/notify", "con=null", "ssl=null", "con0=fd:0,fd:1")
 	cmd.Env = []string{"TMPDIR=" + dir}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
 	t0 := time.Now()
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		_ = cmd.Wait()
-	}()
+	k := umltest.Start(b, cmd)
+	defer k.Kill()
 	n, err := notes.Receive(b.Context())
 	if err != nil || n.Type != mconsole.NotifySocket {
 		b.Fatalf("bare kernel: no management console notification: %v %v", n, err)
 	}
 	boot = time.Since(t0)
-	up := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), "UMLSD-BENCH-UP") {
-				close(up)
-				break
-			}
-		}
-		for sc.Scan() {
-		}
-	}()
-	select {
-	case <-up:
-	case <-time.After(30 * time.Second):
-		b.Fatal("bare kernel: the guest did not come up")
+	ctx, cancel := context.WithTimeout(b.Context(), 30*time.Second)
+	defer cancel()
+	if err := k.WaitConsole(ctx, "UMLSD-BENCH-UP"); err != nil {
+		b.Fatalf("bare kernel: the guest did not come up: %v", err)
 	}
 	c, err := mconsole.Dial(n.Data)
 	if err != nil {
@@ -153,7 +131,7 @@ func bareKernel(b *testing.B, img string) (boot, shutdown time.Duration) {
 	if _, err := c.Command(b.Context(), "cad"); err != nil {
 		b.Fatal(err)
 	}
-	if err := cmd.Wait(); err != nil {
+	if _, err := k.Wait(b.Context()); err != nil {
 		b.Fatalf("bare kernel after cad: %v", err)
 	}
 	return boot, time.Since(t1)

@@ -1,46 +1,23 @@
 package guestimage
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"umlsd/internal/testbed"
+	"umlsd/internal/umltest"
 )
-
-// syncBuffer collects the console output written by os/exec's copier.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // kernel is a UML guest booted for a test.
 type kernel struct {
 	mconsole string
-	console  *syncBuffer
-	done     chan struct{} // closed when the kernel has exited
-	state    *os.ProcessState
+	*umltest.Kernel
 }
 
 // boot starts /usr/bin/linux.uml on image with the COW file cow (created if
@@ -58,8 +35,6 @@ func boot(t *testing.T, dir, image, cow, umid string) *kernel {
 	}
 	k := &kernel{
 		mconsole: filepath.Join(umlDir, umid, "mconsole"),
-		console:  &syncBuffer{},
-		done:     make(chan struct{}),
 	}
 	if len(k.mconsole) >= 108 {
 		t.Fatalf("mconsole path %s is too long for a unix socket: use a shorter TMPDIR", k.mconsole)
@@ -79,34 +54,11 @@ func boot(t *testing.T, dir, image, cow, umid string) *kernel {
 		}
 	}()
 
-	cmd := exec.Command("/usr/bin/linux.uml",
+	t.Cleanup(func() { l.Close() }) // after the kernel's own cleanup
+	k.Kernel = umltest.Start(t, exec.Command("/usr/bin/linux.uml",
 		"ubd0="+cow+","+image, "root=/dev/ubda", "mem=64M",
 		"umid="+umid, "uml_dir="+umlDir, "mconsole=notify:"+notify,
-		"con=null", "ssl=null", "con0=fd:0,fd:1")
-	cmd.Stdin = nil // /dev/null
-	cmd.Stdout = k.console
-	cmd.Stderr = k.console
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.WaitDelay = 2 * time.Second
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	pgid := cmd.Process.Pid
-	go func() {
-		cmd.Wait()
-		k.state = cmd.ProcessState
-		close(k.done)
-	}()
-	t.Cleanup(func() {
-		if err := syscall.Kill(-pgid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-			t.Errorf("killing the kernel's process group %d: %v", pgid, err)
-		}
-		<-k.done
-		l.Close()
-		if t.Failed() {
-			t.Logf("console of %s:\n%s", umid, k.console.String())
-		}
-	})
+		"con=null", "ssl=null", "con0=fd:0,fd:1"))
 	return k
 }
 
@@ -114,32 +66,23 @@ func boot(t *testing.T, dir, image, cow, umid string) *kernel {
 // kernel exits first or the time runs out.
 func (k *kernel) waitConsole(t *testing.T, want string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !strings.Contains(k.console.String(), want) {
-		select {
-		case <-k.done:
-			if strings.Contains(k.console.String(), want) {
-				return
-			}
-			t.Fatalf("the kernel exited (%v) before the console showed %q", k.state, want)
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the console did not show %q within %v", want, timeout)
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := k.WaitConsole(ctx, want); err != nil {
+		t.Fatal(err)
 	}
 }
 
 // waitExit waits for the kernel to exit and returns its exit status.
 func (k *kernel) waitExit(t *testing.T, timeout time.Duration) int {
 	t.Helper()
-	select {
-	case <-k.done:
-		return k.state.ExitCode()
-	case <-time.After(timeout):
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	state, _ := k.Wait(ctx)
+	if state == nil {
 		t.Fatalf("the kernel still runs %v later", timeout)
-		return 0
 	}
+	return state.ExitCode()
 }
 
 // mconsole runs Debian's uml_mconsole, which has no timeout of its own and
@@ -200,7 +143,7 @@ if [ -e /marker ]; then echo "MARKER: $(cat /marker)"; else echo "NO MARKER"; fi
 	k := boot(t, dir, image, cow, "gi1")
 	k.waitConsole(t, "SERVICE-UP", 30*time.Second)
 	t.Logf("boot to SERVICE-UP: %v", time.Since(start).Round(time.Millisecond))
-	out := k.console.String()
+	out := k.Console.String()
 	for _, want := range []string{"STARTUP on gi-test", "ls (GNU coreutils)", "NO MARKER"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the console does not show %q", want)
@@ -216,7 +159,7 @@ if [ -e /marker ]; then echo "MARKER: $(cat /marker)"; else echo "NO MARKER"; fi
 		t.Fatalf("the kernel exited with status %d after cad, want 0", code)
 	}
 	t.Logf("cad to kernel exit: %v", time.Since(cad).Round(time.Millisecond))
-	out = k.console.String()
+	out = k.Console.String()
 	shut, stop := strings.Index(out, "SHUTDOWN-RAN"), strings.Index(out, "rcK: stopping all processes")
 	if shut < 0 || stop < 0 || shut > stop {
 		t.Errorf("the console shows SHUTDOWN-RAN at %d and rcK stopping processes at %d: want both, in that order", shut, stop)
@@ -244,7 +187,7 @@ if [ -e /marker ]; then echo "MARKER: $(cat /marker)"; else echo "NO MARKER"; fi
 
 	k2 := boot(t, dir, image, cow, "gi1")
 	k2.waitConsole(t, "SERVICE-UP", 30*time.Second)
-	if out := k2.console.String(); !strings.Contains(out, "MARKER: clean") {
+	if out := k2.Console.String(); !strings.Contains(out, "MARKER: clean") {
 		t.Errorf("the second boot does not find the marker Shutdown wrote")
 	}
 	k2.cad(t)
@@ -271,14 +214,15 @@ func TestBootCtrlAltDelIgnore(t *testing.T) {
 	k.waitConsole(t, "TICK 1", 30*time.Second)
 	k.cad(t)
 	// Still ticking well after the cad: init and its services live on.
-	before := strings.Count(k.console.String(), "TICK")
+	before := strings.Count(k.Console.String(), "TICK")
 	time.Sleep(1500 * time.Millisecond)
 	select {
-	case <-k.done:
-		t.Fatalf("the kernel exited (%v) after cad", k.state)
+	case <-k.Done():
+		state, _ := k.Wait(context.Background())
+		t.Fatalf("the kernel exited (%v) after cad", state)
 	default:
 	}
-	out := k.console.String()
+	out := k.Console.String()
 	if after := strings.Count(out, "TICK"); after < before+3 {
 		t.Errorf("the service printed %d ticks in 1.5 s after cad, want at least 3", after-before)
 	}

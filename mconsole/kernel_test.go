@@ -9,14 +9,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"umlsd/internal/testbed"
+	"umlsd/internal/umltest"
 )
 
 // guestInit is the guest's PID 1: it signals readiness through
@@ -29,30 +28,11 @@ echo umlsd-mconsole-test: init started
 exec /bin/busybox sleep 600
 `
 
-// syncBuffer collects the console output written by os/exec's copier.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // guest is a UML kernel booted for a test.
 type guest struct {
 	mconsole string // where the kernel's mconsole socket should be
 	notify   *Listener
-	done     chan struct{} // closed when the kernel has exited
-	waitErr  error         // valid after done
+	*umltest.Kernel
 }
 
 // bootGuest boots /usr/bin/linux.uml with no disk: its root file system is a
@@ -83,7 +63,6 @@ func bootGuest(t *testing.T) *guest {
 	const umid = "mctest"
 	g := &guest{
 		mconsole: filepath.Join(umlDir, umid, "mconsole"),
-		done:     make(chan struct{}),
 	}
 	// Longer, and the kernel silently runs without an mconsole.
 	if len(g.mconsole) >= 108 {
@@ -97,8 +76,11 @@ func bootGuest(t *testing.T) *guest {
 	g.notify = l
 	t.Cleanup(func() { l.Close() })
 
-	console := &syncBuffer{}
-	cmd := exec.Command("linux.uml",
+	start := time.Now()
+	t.Cleanup(func() { // after the kernel's own cleanup
+		t.Logf("kernel ran for %v", time.Since(start).Round(time.Millisecond))
+	})
+	g.Kernel = umltest.Start(t, exec.Command("linux.uml",
 		// hostfs=DIR confines hostfs to DIR; the root mount with no
 		// rootflags is DIR itself.
 		"root=/dev/root", "rootfstype=hostfs", "hostfs="+root,
@@ -106,35 +88,7 @@ func bootGuest(t *testing.T) *guest {
 		"umid="+umid, "uml_dir="+umlDir,
 		"mconsole=notify:"+notifyPath,
 		"con=null", "ssl=null", "con0=fd:0,fd:1",
-	)
-	cmd.Stdin = nil // /dev/null
-	cmd.Stdout = console
-	cmd.Stderr = console
-	// A kernel is several host processes. Setpgid makes the kernel a group
-	// leader before exec (its own setsid() then fails, harmlessly), so every
-	// helper it forks is in group pgid, which the cleanup kills.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.WaitDelay = 2 * time.Second
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	pgid := cmd.Process.Pid
-	go func() {
-		g.waitErr = cmd.Wait()
-		close(g.done)
-	}()
-	t.Cleanup(func() {
-		// After a halt nothing should be left; kill the group anyway.
-		if err := syscall.Kill(-pgid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-			t.Errorf("killing the kernel's process group %d: %v", pgid, err)
-		}
-		<-g.done
-		if t.Failed() {
-			t.Logf("kernel console output:\n%s", console.String())
-		}
-		t.Logf("kernel ran for %v", time.Since(start).Round(time.Millisecond))
-	})
+	))
 	return g
 }
 
@@ -171,7 +125,7 @@ func (g *guest) context(t *testing.T, timeout time.Duration) context.Context {
 	t.Cleanup(cancel)
 	go func() {
 		select {
-		case <-g.done:
+		case <-g.Done():
 			cancel()
 		case <-ctx.Done():
 		}
@@ -290,12 +244,12 @@ func TestKernel(t *testing.T) {
 			t.Errorf(`halt = %q, %v; want "", nil`, got, err)
 		}
 		select {
-		case <-g.done:
+		case <-g.Done():
 		case <-time.After(5 * time.Second):
 			t.Fatal("the kernel still runs 5 s after halt")
 		}
-		if g.waitErr != nil {
-			t.Errorf("kernel exit after halt: %v, want status 0", g.waitErr)
+		if _, err := g.Wait(context.Background()); err != nil {
+			t.Errorf("kernel exit after halt: %v, want status 0", err)
 		}
 
 		// The kernel is gone: the next command fails at once.
