@@ -59,6 +59,9 @@ func (e *CommandError) Error() string {
 	return fmt.Sprintf("mconsole %q: %s (error %d)", e.Command, e.Message, e.Code)
 }
 
+// MaxReply is the most a command's replies may add up to.
+const MaxReply = 64 << 10
+
 // Client is a connection to the mconsole socket of one kernel. Its methods
 // are safe for concurrent use; commands run one at a time.
 type Client struct {
@@ -190,6 +193,11 @@ func (c *Client) Command(ctx context.Context, cmd string) (string, error) {
 		// The kernel sets err on the first reply only.
 		if code == 0 {
 			code = r.err
+		}
+		// A compromised kernel could send "more" for ever: cap what a
+		// command may return, far above any real reply.
+		if out.Len()+len(r.data) > MaxReply {
+			return "", fmt.Errorf("reading reply to mconsole %q: longer than %d bytes", cmd, MaxReply)
 		}
 		out.Write(r.data)
 		if !r.more {

@@ -118,6 +118,11 @@ func dial(t *testing.T, path string) *Client {
 
 func TestCommand(t *testing.T) {
 	long := strings.Repeat("0123456789abcdef", 70) // 1120 bytes: three replies
+	// A kernel that never stops sending "more": MaxReply and one reply more.
+	var endless []fakeReply
+	for range MaxReply/511 + 1 {
+		endless = append(endless, fakeReply{more: true, data: strings.Repeat("y", 511)})
+	}
 	tests := []struct {
 		name    string
 		cmd     string
@@ -177,6 +182,11 @@ func TestCommand(t *testing.T) {
 		cmd:     "version",
 		replies: []fakeReply{{raw: []byte{0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 'o', 'k'}}},
 		errText: "reply length 9 beyond its 2 data bytes",
+	}, {
+		name:    "endless reply",
+		cmd:     "help",
+		replies: endless,
+		errText: "longer than 65536 bytes",
 	}, {
 		name:    "longest command",
 		cmd:     strings.Repeat("x", 511),
