@@ -27,11 +27,12 @@ import (
 type Mount struct {
 	Target   string // absolute, as the kernel sees it
 	Source   string // host path to bind; "" for a tmpfs
-	ReadOnly bool
+	ReadOnly bool   // for a bind
 
-	// For a tmpfs: its size limit, the mode and owner of its root, and
-	// whether programs (and executable mappings) may come from it.
+	// For a tmpfs: its size and inode limits, the mode and owner of its
+	// root, and whether programs (and executable mappings) may come from it.
 	Size     uint64
+	Inodes   uint64
 	Mode     fs.FileMode
 	UID, GID int
 	Exec     bool
@@ -124,6 +125,10 @@ func detach(m Mount) (int, error) {
 		return -1, fmt.Errorf("opening %s to bind it into the jail: %w", m.Source, err)
 	}
 	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
+	// A block device given as an image is opened through its node.
+	if fi, err := os.Stat(m.Source); err == nil && fi.Mode()&fs.ModeDevice != 0 {
+		attr.Attr_set &^= unix.MOUNT_ATTR_NODEV
+	}
 	if m.ReadOnly {
 		attr.Attr_set |= unix.MOUNT_ATTR_RDONLY
 	}
@@ -139,10 +144,7 @@ func mountTmpfs(target string, m Mount) error {
 	if !m.Exec {
 		flags |= unix.MS_NOEXEC
 	}
-	if m.ReadOnly {
-		flags |= unix.MS_RDONLY
-	}
-	opts := fmt.Sprintf("size=%d,mode=%04o,uid=%d,gid=%d", m.Size, m.Mode.Perm(), m.UID, m.GID)
+	opts := fmt.Sprintf("size=%d,nr_inodes=%d,mode=%04o,uid=%d,gid=%d", m.Size, m.Inodes, m.Mode.Perm(), m.UID, m.GID)
 	if err := unix.Mount("tmpfs", target, "tmpfs", flags, opts); err != nil {
 		return fmt.Errorf("mounting a tmpfs on %s: %w", target, err)
 	}

@@ -72,11 +72,16 @@ func resolveAccount(ctx context.Context, db accounts, g *config.Guest) (Account,
 	created := false
 	u, err := db.LookupUser(g.User)
 	if isUnknown(err) && g.UserIsDefault {
-		if err := db.CreateSystemUser(ctx, g.User, "umlsd guest "+g.Name); err != nil {
-			return Account{}, false, fmt.Errorf("creating the guest's account %s: %w", g.User, err)
+		// A failure is retried (exit 1): another start of this guest may
+		// have created it meanwhile, or the start was stopped.
+		if cerr := db.CreateSystemUser(ctx, g.User, "umlsd guest "+g.Name); cerr != nil {
+			if u, err = db.LookupUser(g.User); err != nil {
+				return Account{}, false, fmt.Errorf("creating the guest's account %s: %w", g.User, cerr)
+			}
+		} else {
+			created = true
+			u, err = db.LookupUser(g.User)
 		}
-		created = true
-		u, err = db.LookupUser(g.User)
 	}
 	acct := Account{User: g.User, UID: -1, GID: -1}
 	switch {
@@ -86,12 +91,19 @@ func resolveAccount(ctx context.Context, db accounts, g *config.Guest) (Account,
 	case isUnknown(err):
 		n, convErr := strconv.Atoi(g.User)
 		if convErr != nil {
-			return Account{}, false, fmt.Errorf("there is no user %s (User=); create it (useradd --system %s) or remove User= to use the default account", g.User, g.User)
+			return Account{}, false, hostErrorf("there is no user %s (User=); create it (useradd --system %s) or remove User= to use the default account", g.User, g.User)
 		}
 		acct.UID = n
 	default:
 		return Account{}, false, fmt.Errorf("looking up user %s: %w", g.User, err)
 	}
+	acct, err = account(db, g, acct)
+	return acct, created, err
+}
+
+// account completes acct with g's group and checks it: the errors are the
+// configuration's, not retried.
+func account(db accounts, g *config.Guest, acct Account) (Account, error) {
 	if g.Group != "" {
 		gr, err := db.LookupGroup(g.Group)
 		switch {
@@ -100,20 +112,20 @@ func resolveAccount(ctx context.Context, db accounts, g *config.Guest) (Account,
 		case isUnknown(err):
 			n, convErr := strconv.Atoi(g.Group)
 			if convErr != nil {
-				return Account{}, false, fmt.Errorf("there is no group %s (Group=); create it (groupadd --system %s) or remove Group= to use the user's own group", g.Group, g.Group)
+				return Account{}, hostErrorf("there is no group %s (Group=); create it (groupadd --system %s) or remove Group= to use the user's own group", g.Group, g.Group)
 			}
 			acct.GID = n
 		default:
-			return Account{}, false, fmt.Errorf("looking up group %s: %w", g.Group, err)
+			return Account{}, fmt.Errorf("looking up group %s: %w", g.Group, err)
 		}
 	}
 	switch {
 	case acct.GID < 0:
-		return Account{}, false, fmt.Errorf("user %s (User=) has no entry in the account database, so it has no primary group; set Group= as well", g.User)
+		return Account{}, hostErrorf("user %s (User=) has no entry in the account database, so it has no primary group; set Group= as well", g.User)
 	case acct.UID == 0:
-		return Account{}, false, fmt.Errorf("user %s (User=) is root (uid 0); a guest kernel must never run as root: name an unprivileged account or remove User=", g.User)
+		return Account{}, hostErrorf("user %s (User=) is root (uid 0); a guest kernel must never run as root: name an unprivileged account or remove User=", g.User)
 	case acct.GID == 0:
-		return Account{}, false, fmt.Errorf("the guest's group is root's (gid 0), which can read files meant for root only: set Group= to an unprivileged group")
+		return Account{}, hostErrorf("the guest's group is root's (gid 0), which can read files meant for root only: set Group= to an unprivileged group")
 	}
-	return acct, created, nil
+	return acct, nil
 }

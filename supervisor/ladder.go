@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"umlsd/config"
 )
 
 // guestControl is what stopping a guest needs from its kernel: management
@@ -19,7 +21,7 @@ type guestControl interface {
 
 // ladderTiming is how long each step of the stop ladder waits.
 type ladderTiming struct {
-	Shutdown time.Duration // after cad: the guest's StopTimeout=
+	Shutdown time.Duration // after cad: the guest's StopTimeout= (or forever)
 	Sync     time.Duration // after sysrq s and u, which run asynchronously
 	Halt     time.Duration // after halt
 	Term     time.Duration // after SIGTERM
@@ -27,9 +29,16 @@ type ladderTiming struct {
 	Command  time.Duration // for each management console command
 }
 
-func defaultLadder(stopTimeout time.Duration) ladderTiming {
+// forever is a wait without a limit.
+const forever time.Duration = -1
+
+func defaultLadder(stopTimeout config.Timespan) ladderTiming {
+	shutdown := stopTimeout.D
+	if stopTimeout.Infinite {
+		shutdown = forever
+	}
 	return ladderTiming{
-		Shutdown: stopTimeout,
+		Shutdown: shutdown,
 		Sync:     time.Second,
 		Halt:     3 * time.Second,
 		Term:     2 * time.Second,
@@ -62,10 +71,10 @@ func (s stopStep) String() string {
 // poweroff) and wait; if it rebooted instead or did not stop, sync and
 // remount its disks read-only and halt it; then SIGTERM, then SIGKILL of
 // the kernel's process group. exited is closed when the kernel has exited;
-// rebooted receives when the kernel announces a new boot. status reports
-// each step as it starts. ctx bounds the whole ladder: it must not be the
+// rebooted receives when the kernel announces a new boot. ask says whether
+// to ask the guest first. status reports each step as it starts. ctx bounds the whole ladder: it must not be the
 // context whose end asked for the stop.
-func stopKernel(ctx context.Context, k guestControl, exited <-chan struct{}, rebooted <-chan struct{}, t ladderTiming, status func(string)) (stopStep, error) {
+func stopKernel(ctx context.Context, k guestControl, exited <-chan struct{}, rebooted <-chan struct{}, t ladderTiming, ask bool, status func(string)) (stopStep, error) {
 	gone := func() bool {
 		select {
 		case <-exited:
@@ -83,8 +92,12 @@ func stopKernel(ctx context.Context, k guestControl, exited <-chan struct{}, reb
 		return err == nil || gone()
 	}
 	wait := func(d time.Duration, onReboot bool) bool {
-		timer := time.NewTimer(d)
-		defer timer.Stop()
+		var expired <-chan time.Time
+		if d != forever {
+			timer := time.NewTimer(d)
+			defer timer.Stop()
+			expired = timer.C
+		}
 		for {
 			select {
 			case <-exited:
@@ -93,7 +106,7 @@ func stopKernel(ctx context.Context, k guestControl, exited <-chan struct{}, reb
 				if onReboot {
 					return false
 				}
-			case <-timer.C:
+			case <-expired:
 				return false
 			case <-ctx.Done():
 				return false
@@ -101,9 +114,19 @@ func stopKernel(ctx context.Context, k guestControl, exited <-chan struct{}, reb
 		}
 	}
 
-	status("asking the guest to shut down (Ctrl-Alt-Del)")
-	if command("cad") && wait(t.Shutdown, true) || gone() {
-		return stoppedByShutdown, nil
+	if ask {
+		// A boot announced before now is not a reboot after cad.
+		for drained := false; !drained; {
+			select {
+			case <-rebooted:
+			default:
+				drained = true
+			}
+		}
+		status("asking the guest to shut down (Ctrl-Alt-Del)")
+		if command("cad") && wait(t.Shutdown, true) || gone() {
+			return stoppedByShutdown, nil
+		}
 	}
 	status("syncing the guest's disks and halting it")
 	if command("sysrq s") && command("sysrq u") {

@@ -77,6 +77,8 @@ func TestStopKernel(t *testing.T) {
 		exitOn      []string
 		rebootOn    []string
 		unreachable bool
+		notAsked    bool // the guest is not ready: no cad
+		staleBoot   bool // a boot notification is pending when the ladder starts
 		timing      ladderTiming
 		want        stopStep
 		wantSent    []string
@@ -91,6 +93,10 @@ func TestStopKernel(t *testing.T) {
 			timing: ladderTiming{Shutdown: short, Halt: short, Term: never}, want: stoppedByTerm, wantSent: ladder[:5]},
 		{name: "ignores SIGTERM", exitOn: []string{"SIGKILL"},
 			timing: ladderTiming{Shutdown: short, Halt: short, Term: short, Kill: never}, want: stoppedByKill, wantSent: ladder},
+		{name: "not ready yet", notAsked: true, exitOn: []string{"halt"},
+			timing: ladderTiming{Shutdown: never, Halt: never}, want: stoppedByHalt, wantSent: ladder[1:4]},
+		{name: "boot notified before the stop", staleBoot: true, exitOn: []string{"cad"},
+			timing: ladderTiming{Shutdown: never}, want: stoppedByShutdown, wantSent: ladder[:1]},
 		{name: "no management console", unreachable: true, exitOn: []string{"SIGTERM"},
 			timing: ladderTiming{Shutdown: never, Halt: never, Term: never}, want: stoppedByTerm,
 			wantSent: []string{"unreachable cad", "unreachable sysrq s", "unreachable halt", "SIGTERM"}},
@@ -99,6 +105,9 @@ func TestStopKernel(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			k := newFakeKernel(tt.exitOn, tt.rebootOn)
 			k.unreachable = tt.unreachable
+			if tt.staleBoot {
+				k.rebooted <- struct{}{}
+			}
 			timing := tt.timing
 			timing.Sync, timing.Command = short, time.Second
 			var steps []string
@@ -108,7 +117,7 @@ func TestStopKernel(t *testing.T) {
 			}
 			done := make(chan result)
 			go func() {
-				step, err := stopKernel(context.Background(), k, k.exited, k.rebooted, timing, func(s string) { steps = append(steps, s) })
+				step, err := stopKernel(context.Background(), k, k.exited, k.rebooted, timing, !tt.notAsked, func(s string) { steps = append(steps, s) })
 				done <- result{step, err}
 			}()
 			var r result
@@ -137,7 +146,31 @@ func TestStopKernelThatNeverDies(t *testing.T) {
 	k := newFakeKernel(nil, nil)
 	timing := ladderTiming{Shutdown: time.Millisecond, Sync: time.Millisecond, Halt: time.Millisecond,
 		Term: time.Millisecond, Kill: 10 * time.Millisecond, Command: time.Second}
-	if _, err := stopKernel(context.Background(), k, k.exited, k.rebooted, timing, func(string) {}); err == nil {
+	if _, err := stopKernel(context.Background(), k, k.exited, k.rebooted, timing, true, func(string) {}); err == nil {
 		t.Error("a kernel that survives SIGKILL: no error")
+	}
+}
+
+// TestStopKernelWaitsForever: with StopTimeout=infinity the guest gets all
+// the time it takes to shut down.
+func TestStopKernelWaitsForever(t *testing.T) {
+	k := newFakeKernel(nil, nil) // shuts down when the test says so
+	timing := ladderTiming{Shutdown: forever, Sync: time.Millisecond, Halt: time.Hour, Term: time.Hour, Kill: time.Hour, Command: time.Second}
+	done := make(chan stopStep)
+	go func() {
+		step, _ := stopKernel(context.Background(), k, k.exited, k.rebooted, timing, true, func(string) {})
+		done <- step
+	}()
+	select {
+	case step := <-done:
+		t.Fatalf("the ladder ended (%q) while the guest was still shutting down", step)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(k.exited)
+	if step := <-done; step != stoppedByShutdown {
+		t.Errorf("ended by %q, want %q", step, stoppedByShutdown)
+	}
+	if diff := cmp.Diff([]string{"cad"}, k.sent()); diff != "" {
+		t.Errorf("sent (-want +got):\n%s", diff)
 	}
 }

@@ -22,7 +22,8 @@ const GuestField = "UML_GUEST"
 
 // JournalLog writes to the journal natively, so that each entry carries the
 // guest's name in GuestField and its priority. Console lines are logged
-// under the guest's name, events under uml-supervisor.
+// under uml@NAME (not NAME: a guest named sshd would otherwise write lines
+// that look like the host's sshd), events under uml-supervisor.
 type JournalLog struct {
 	Guest string
 }
@@ -32,7 +33,7 @@ func (l JournalLog) Event(p journal.Priority, msg string) {
 }
 
 func (l JournalLog) Console(line string) {
-	l.send(line, journal.PriInfo, l.Guest)
+	l.send(line, journal.PriInfo, "uml@"+l.Guest)
 }
 
 func (l JournalLog) send(msg string, p journal.Priority, ident string) {

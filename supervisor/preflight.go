@@ -61,7 +61,7 @@ func preflight(ctx context.Context, db accounts, g *config.Guest, l Layout, log 
 	}
 	acct, created, err := resolveAccount(ctx, db, g)
 	if err != nil {
-		return nil, configError{err}
+		return nil, err
 	}
 	if created {
 		log.Event(journal.PriNotice, fmt.Sprintf("created the guest's system account %s (uid %d)", acct.User, acct.UID))
@@ -117,9 +117,10 @@ func preflight(ctx context.Context, db accounts, g *config.Guest, l Layout, log 
 		p.jail.Root = l.Jail()
 	}
 	p.jail.Mounts = append(mounts,
-		jail.Mount{Target: l.Dir, Size: runtimeSize, Mode: 0o700, UID: acct.UID, GID: acct.GID},
+		// Inode limits too: a tmpfs's size does not count them.
+		jail.Mount{Target: l.Dir, Size: runtimeSize, Inodes: 64, Mode: 0o700, UID: acct.UID, GID: acct.GID},
 		jail.Mount{Target: l.Notify(), Source: l.Notify()},
-		jail.Mount{Target: l.Memory(), Size: g.Memory + memorySlack, Mode: 0o700, UID: acct.UID, GID: acct.GID, Exec: true},
+		jail.Mount{Target: l.Memory(), Size: g.Memory + memorySlack, Inodes: 64, Mode: 0o700, UID: acct.UID, GID: acct.GID, Exec: true},
 	)
 	return p, nil
 }
@@ -270,4 +271,38 @@ func unwrapPath(err error) error {
 		return pe.Err
 	}
 	return err
+}
+
+// makeCow creates the COW file path on backing for acct, readable by acct
+// only. It is made under a temporary name and renamed into place, so that a
+// crash never leaves a half-made or root-owned COW file that every later
+// start would refuse.
+func makeCow(path, backing string, acct Account) (err error) {
+	tmp := path + ".umlsd-new" // only ever made here: a leftover is a crash's
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing %s: %w", tmp, err)
+	}
+	if err := cow.Create(tmp, backing); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			os.Remove(tmp)
+		}
+	}()
+	f, err := os.OpenFile(tmp, os.O_RDWR|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", tmp, err)
+	}
+	defer f.Close()
+	if err := f.Chown(acct.UID, acct.GID); err != nil {
+		return fmt.Errorf("giving COW file %s to the guest's account: %w", path, err)
+	}
+	if err := f.Chmod(0o600); err != nil {
+		return fmt.Errorf("making COW file %s private: %w", path, err)
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE); err != nil {
+		return fmt.Errorf("putting COW file %s in place: %w", path, err)
+	}
+	return nil
 }

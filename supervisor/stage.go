@@ -36,11 +36,12 @@ type stageSpec struct {
 	Env      []string
 }
 
-// startStage starts the exec stage for p with the console terminal as its
-// standard descriptors. The kernel, once the stage executes it, has the
-// same pid, and leads its own process group. It returns when the kernel
-// runs, or with the stage's error.
-func startStage(self string, spec stageSpec, console *os.File) (*exec.Cmd, error) {
+// startStage starts the exec stage with the console terminal as its
+// standard descriptors, and calls started with its pid before letting it
+// go on. The kernel, once the stage executes it, has the same pid, and
+// leads its own process group. It returns when the kernel runs, or with
+// the stage's error.
+func startStage(self string, spec stageSpec, console *os.File, started func(pid int) error) (*exec.Cmd, error) {
 	specR, specW, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -73,6 +74,13 @@ func startStage(self string, spec stageSpec, console *os.File) (*exec.Cmd, error
 		specW.Close()
 		return nil, fmt.Errorf("starting the exec stage: %w", err)
 	}
+	// The stage waits for its instructions: nothing runs before started.
+	if err := started(cmd.Process.Pid); err != nil {
+		specW.Close()
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, err
+	}
 	b, _ := json.Marshal(spec)
 	_, werr := specW.Write(b)
 	specW.Close()
@@ -93,11 +101,8 @@ func ExecKernel() error {
 	// The capability bounding set and no_new_privs belong to the thread
 	// that executes the kernel.
 	runtime.LockOSThread()
-	errW := os.NewFile(stageErrorFD, "exec-stage-errors")
 	err := execKernel()
-	if errW != nil {
-		fmt.Fprint(errW, err)
-	}
+	fmt.Fprint(os.NewFile(stageErrorFD, "exec-stage-errors"), err)
 	return err
 }
 

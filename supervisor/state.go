@@ -55,6 +55,13 @@ func openState(path string, create bool) (*stateFile, error) {
 		}
 		return nil, fmt.Errorf("locking %s: %w", path, err)
 	}
+	// The holder before us may have removed the record (release) between
+	// our open and our lock: a lock on that file guards nothing.
+	var held, now unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &held) != nil || unix.Stat(path, &now) != nil || held.Ino != now.Ino || held.Dev != now.Dev {
+		f.Close()
+		return nil, errLocked
+	}
 	return &stateFile{f: f}, nil
 }
 

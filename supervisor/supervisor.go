@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -26,7 +27,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"umlsd/config"
-	"umlsd/cow"
 	"umlsd/mconsole"
 )
 
@@ -95,8 +95,21 @@ func (s *Supervisor) notify(state string) {
 	}
 }
 
+// status sets the unit's status line. The text may come from the guest
+// (its version, its STATUS= lines, a panic message): control characters
+// are replaced, so that it cannot add a line, and so a setting, to the
+// message systemd receives.
 func (s *Supervisor) status(format string, args ...any) {
-	s.notify("STATUS=" + fmt.Sprintf(format, args...))
+	s.notify("STATUS=" + oneLine(fmt.Sprintf(format, args...)))
+}
+
+func oneLine(text string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return '?'
+		}
+		return r
+	}, text)
 }
 
 func (s *Supervisor) db() accounts {
@@ -110,6 +123,13 @@ func (s *Supervisor) db() accounts {
 // the kernel has exited (after ctx ends, it stops the guest first) and
 // everything on the host is undone.
 func (s *Supervisor) Run(ctx context.Context, name string) (err error) {
+	defer func() {
+		if err != nil {
+			s.Log.Event(journal.PriErr, err.Error())
+			// systemctl status shows the last status: make it the reason.
+			s.status("failed: %v", err)
+		}
+	}()
 	s.status("checking the configuration and the host")
 	g, err := s.Loader.Load(name)
 	if err != nil {
@@ -117,6 +137,9 @@ func (s *Supervisor) Run(ctx context.Context, name string) (err error) {
 	}
 	l := NewLayout(s.RuntimeDir, name)
 	p, err := preflight(ctx, s.db(), g, l, s.Log)
+	if ctx.Err() != nil {
+		return nil // stopped before anything started
+	}
 	if err != nil {
 		return err
 	}
@@ -253,20 +276,15 @@ type kernel struct {
 func (s *Supervisor) start(p *plan, st *stateFile) (k *kernel, err error) {
 	g, l, acct := p.guest, p.layout, p.account
 	if p.stateDir != "" {
-		if err := os.Mkdir(p.stateDir, 0o700); err == nil {
-			if err := os.Chown(p.stateDir, acct.UID, acct.GID); err != nil {
-				return nil, fmt.Errorf("giving %s to the guest's account: %w", p.stateDir, err)
-			}
-		} else if !errors.Is(err, fs.ErrExist) {
+		// root's, not the guest's: the guest needs its COW file only, and
+		// a directory it owned could hold links for root to follow.
+		if err := os.MkdirAll(p.stateDir, 0o711); err != nil {
 			return nil, fmt.Errorf("making the guest's state directory: %w", err)
 		}
 	}
 	if p.makeCow {
-		if err := cow.Create(g.Cow, g.RootImage); err != nil {
+		if err := makeCow(g.Cow, g.RootImage, acct); err != nil {
 			return nil, err
-		}
-		if err := os.Chown(g.Cow, acct.UID, acct.GID); err != nil {
-			return nil, fmt.Errorf("giving COW file %s to the guest's account: %w", g.Cow, err)
 		}
 		s.Log.Event(journal.PriNotice, fmt.Sprintf("created COW file %s on %s", g.Cow, g.RootImage))
 	}
@@ -302,18 +320,20 @@ func (s *Supervisor) start(p *plan, st *stateFile) (k *kernel, err error) {
 	}
 	defer peer.Close() // the kernel has its own copies
 	s.status("starting the kernel")
-	cmd, err := startStage(s.Self, stageSpec{Jail: p.jail, UID: acct.UID, GID: acct.GID, Argv: p.argv, Env: p.env}, peer)
-	if err != nil {
-		master.Close()
-		return nil, err
-	}
-	k = &kernel{kernelRef: kernelRef{layout: l}, cmd: cmd, console: master, notes: notes,
+	k = &kernel{kernelRef: kernelRef{layout: l}, console: master, notes: notes,
 		exited: make(chan struct{}), consoled: make(chan struct{})}
-	k.proc.PID = cmd.Process.Pid
-	k.proc.Start, _ = processStart(k.proc.PID)
-	if err := st.add(record{Kernel: &k.proc}); err != nil {
-		_ = unix.Kill(-k.proc.PID, unix.SIGKILL)
-		_ = cmd.Wait()
+	// The stage becomes the kernel, same pid and start time: recorded
+	// before the kernel runs.
+	started := func(pid int) error {
+		start, err := processStart(pid)
+		if err != nil {
+			return fmt.Errorf("reading the start time of the exec stage: %w", err)
+		}
+		k.proc = proc{PID: pid, Start: start}
+		return st.add(record{Kernel: &k.proc})
+	}
+	k.cmd, err = startStage(s.Self, stageSpec{Jail: p.jail, UID: acct.UID, GID: acct.GID, Argv: p.argv, Env: p.env}, peer, started)
+	if err != nil {
 		master.Close()
 		return nil, err
 	}
@@ -405,17 +425,23 @@ type guestEvents struct {
 	panic   string // the last panic message
 }
 
-// receive reads the kernel's notifications until ctx ends, logging panics,
-// hangs and reboots as they come.
+// receive reads the kernel's notifications until ctx ends or the socket
+// fails, logging panics, hangs and reboots as they come. It never blocks on
+// the loop: a guest that writes much to /proc/mconsole must not delay the
+// reboot notification the stop ladder waits for.
 func (s *Supervisor) receive(ctx context.Context, k *kernel, ev *guestEvents) {
-	boots := 0
+	boots, junk := 0, 0
 	for {
 		n, err := k.notes.Receive(ctx)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 			return
 		}
 		if err != nil {
-			s.Log.Event(journal.PriWarning, fmt.Sprintf("ignoring a notification: %v", err))
+			// Only the kernel can send here; a compromised one must not
+			// flood the journal.
+			if junk++; junk <= 3 {
+				s.Log.Event(journal.PriWarning, fmt.Sprintf("ignoring a notification: %v", err))
+			}
 			continue
 		}
 		switch n.Type {
@@ -437,8 +463,7 @@ func (s *Supervisor) receive(ctx context.Context, k *kernel, ev *guestEvents) {
 		case mconsole.NotifyUser:
 			select {
 			case ev.user <- n.Data:
-			case <-ctx.Done():
-				return
+			default: // the loop is busy (stopping): what the guest says is moot
 			}
 		}
 	}
@@ -460,7 +485,7 @@ func (s *Supervisor) supervise(ctx context.Context, p *plan, k *kernel) error {
 	defer k.notes.Close()
 	rctx, stopReceiving := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopReceiving()
-	ev := &guestEvents{sockets: make(chan struct{}, 1), user: make(chan string)}
+	ev := &guestEvents{sockets: make(chan struct{}, 1), user: make(chan string, 16)}
 	go s.receive(rctx, k, ev)
 
 	var readyTimeout <-chan time.Time
@@ -501,29 +526,26 @@ func (s *Supervisor) supervise(ctx context.Context, p *plan, k *kernel) error {
 		readyTimeout = nil
 		version, _ := k.Command(ctx, "version")
 		s.Log.Event(journal.PriNotice, "the guest is ready: "+why)
-		s.notify(fmt.Sprintf("READY=1\nSTATUS=running: %s", strings.TrimSpace(version)))
+		s.notify("READY=1")
+		s.status("running: %s", strings.TrimSpace(version))
 		if interval := s.watchdogInterval(); interval > 0 {
 			watchdog = time.NewTicker(interval / 2)
 			watchdogC = watchdog.C
 		}
 	}
+	askKernel := func() {
+		if lastErr = kernelAnswers(ctx, k); lastErr == nil {
+			poll.Stop()
+			pollC = nil
+			setReady("its kernel answers on the management console")
+		}
+	}
 	for {
 		select {
 		case <-k.exited:
-			return s.finish(k, ev, false)
+			return s.finish(k, ev)
 		case <-ctx.Done():
-			s.notify("STOPPING=1")
-			step, err := stopKernel(context.WithoutCancel(ctx), k, k.exited, ev.sockets, defaultLadder(g.StopTimeout.D),
-				func(what string) { s.status("stopping: %s", what) })
-			prio := journal.PriNotice
-			if step != stoppedByShutdown {
-				prio = journal.PriWarning
-			}
-			s.Log.Event(prio, "stopped: "+step.String())
-			if err != nil {
-				return err
-			}
-			return s.finish(k, ev, true)
+			return s.stop(k, ev, g, ready, "stopping")
 		case <-readyTimeout:
 			why := ""
 			switch {
@@ -532,31 +554,23 @@ func (s *Supervisor) supervise(ctx context.Context, p *plan, k *kernel) error {
 			case !kernelUp:
 				why = " (the kernel never announced its management console)"
 			}
-			s.Log.Event(journal.PriErr, fmt.Sprintf("the guest was not ready within ReadyTimeout=%s (Ready=%s)%s; stopping it", g.ReadyTimeout, g.Ready, why))
-			s.notify("STOPPING=1")
-			_, _ = stopKernel(context.WithoutCancel(ctx), k, k.exited, ev.sockets, defaultLadder(g.StopTimeout.D),
-				func(what string) { s.status("not ready in time; stopping: %s", what) })
-			_ = s.finish(k, ev, true)
-			return fmt.Errorf("the guest was not ready within ReadyTimeout=%s (Ready=%s)", g.ReadyTimeout, g.Ready)
+			err := fmt.Errorf("the guest was not ready within ReadyTimeout=%s (Ready=%s)%s", g.ReadyTimeout, g.Ready, why)
+			s.Log.Event(journal.PriErr, err.Error()+"; stopping it")
+			if serr := s.stop(k, ev, g, false, "not ready in time; stopping"); serr != nil {
+				return errors.Join(err, serr)
+			}
+			return err
 		case <-ev.sockets:
 			if !kernelUp {
 				kernelUp = true
 				if g.Ready.Kind == config.ReadyKernel {
 					poll = time.NewTicker(100 * time.Millisecond)
 					pollC = poll.C
-					if lastErr = kernelAnswers(ctx, k); lastErr == nil {
-						poll.Stop()
-						pollC = nil
-						setReady("its kernel answers on the management console")
-					}
+					askKernel()
 				}
 			}
 		case <-pollC:
-			if lastErr = kernelAnswers(ctx, k); lastErr == nil {
-				poll.Stop()
-				pollC = nil
-				setReady("its kernel answers on the management console")
-			}
+			askKernel()
 		case <-consoleMatched:
 			consoleMatched = nil
 			setReady(fmt.Sprintf("a console line matched %q", g.Ready.Pattern))
@@ -575,6 +589,33 @@ func (s *Supervisor) supervise(ctx context.Context, p *plan, k *kernel) error {
 			}
 		}
 	}
+}
+
+// stop runs the stop ladder on the kernel and reaps it. A guest that is not
+// ready yet is not asked to shut down: before its init takes Ctrl-Alt-Del
+// over, cad reboots the kernel at once.
+func (s *Supervisor) stop(k *kernel, ev *guestEvents, g *config.Guest, ready bool, what string) error {
+	s.notify("STOPPING=1")
+	select {
+	case <-k.exited: // it ended on its own first
+		return s.finish(k, ev)
+	default:
+	}
+	step, err := stopKernel(context.Background(), k, k.exited, ev.sockets, defaultLadder(g.StopTimeout), ready,
+		func(step string) { s.status("%s: %s", what, step) })
+	if err != nil {
+		return err // the kernel survived SIGKILL: reaping it would hang
+	}
+	outcome := s.finish(k, ev)
+	switch {
+	case step == stoppedByShutdown && outcome != nil:
+		s.Log.Event(journal.PriWarning, fmt.Sprintf("stopped: the guest did not shut down cleanly: %v", outcome))
+	case step == stoppedByShutdown:
+		s.Log.Event(journal.PriNotice, "stopped: "+step.String())
+	default:
+		s.Log.Event(journal.PriWarning, "stopped: "+step.String())
+	}
+	return nil
 }
 
 // kernelAnswers asks the kernel for its version on its management console,
@@ -599,8 +640,9 @@ func (s *Supervisor) watchdogInterval() time.Duration {
 }
 
 // finish reaps the kernel once it has exited, with whatever of its process
-// group is left, reads its console to the end, and says how it ended.
-func (s *Supervisor) finish(k *kernel, ev *guestEvents, stopped bool) error {
+// group is left, reads its console to the end, and says how it ended: nil
+// for a poweroff.
+func (s *Supervisor) finish(k *kernel, ev *guestEvents) error {
 	// A kernel whose main process died leaves its helpers running.
 	_ = unix.Kill(-k.proc.PID, unix.SIGKILL)
 	_ = k.cmd.Wait()
@@ -609,15 +651,16 @@ func (s *Supervisor) finish(k *kernel, ev *guestEvents, stopped bool) error {
 	case <-time.After(2 * time.Second):
 	}
 	k.console.Close()
-	if stopped {
-		return nil
-	}
 	ws := k.cmd.ProcessState.Sys().(syscall.WaitStatus)
-	ev.mu.Lock()
-	panicMsg := ev.panic
-	ev.mu.Unlock()
+	aborted := ws.Signaled() && ws.Signal() == syscall.SIGABRT
+	panicMsg := ev.panicMessage()
+	// The panic notification may still be on its way.
+	for deadline := time.Now().Add(500 * time.Millisecond); aborted && panicMsg == "" && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		panicMsg = ev.panicMessage()
+	}
 	switch {
-	case panicMsg != "" || ws.Signaled() && ws.Signal() == syscall.SIGABRT:
+	case panicMsg != "" || aborted:
 		if panicMsg == "" {
 			panicMsg = "see the console lines before this"
 		}
@@ -625,8 +668,14 @@ func (s *Supervisor) finish(k *kernel, ev *guestEvents, stopped bool) error {
 	case ws.Signaled():
 		return &ExitError{ExitCrash, fmt.Errorf("the kernel was killed by signal %s", unix.SignalName(ws.Signal()))}
 	case ws.ExitStatus() != 0:
-		return &ExitError{ExitGuestStatus, fmt.Errorf("the guest powered off with exit code %d", ws.ExitStatus())}
+		return &ExitError{ExitGuestStatus, fmt.Errorf("the kernel exited with status %d (the guest's exit code, or 1 if someone else sent it SIGTERM or SIGINT)", ws.ExitStatus())}
 	}
 	s.Log.Event(journal.PriNotice, "the guest powered off")
 	return nil
+}
+
+func (ev *guestEvents) panicMessage() string {
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	return ev.panic
 }

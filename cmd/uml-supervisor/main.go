@@ -33,17 +33,19 @@ func main() {
 		_ = supervisor.ExecKernel()
 		os.Exit(127)
 	}
+	// Run by hand, a closed terminal must not kill the supervisor and
+	// leave its guest unsupervised.
+	signal.Ignore(syscall.SIGHUP)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	err := run(ctx, os.Args[1:], os.Stderr)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "uml-supervisor: %v\n", err)
-	}
+	stop()
 	os.Exit(supervisor.ExitStatus(err))
 }
 
 func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if len(args) != 2 || args[0] != "run" && args[0] != "cleanup" {
+		fmt.Fprintln(stderr, usage)
 		return &supervisor.ExitError{Status: 2, Err: errors.New(usage)}
 	}
 	name := args[1]
@@ -60,16 +62,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		s.Notify = func(state string) { _, _ = daemon.SdNotify(false, state) }
 	}
 	if args[0] == "cleanup" {
-		return s.Cleanup(ctx, name)
-	}
-	err := s.Run(ctx, name)
-	if err != nil {
-		// systemctl status shows the last status: make it the reason.
-		if s.Notify != nil {
-			s.Notify("STATUS=failed: " + err.Error())
+		err := s.Cleanup(ctx, name)
+		if err != nil {
+			s.Log.Event(journal.PriErr, err.Error())
 		}
+		return err
 	}
-	return err
+	return s.Run(ctx, name) // it logs its errors
+
 }
 
 func envOr(key, def string) string {
