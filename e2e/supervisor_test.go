@@ -40,6 +40,8 @@ has slow && sleep 3
 has panic && echo c > /proc/sysrq-trigger
 echo "UMLSD-READY"
 has notify && echo READY=1 > /proc/mconsole
+has poweroff && (sleep 1; poweroff) &
+has exitcode && (sleep 1; echo 7 > /proc/exitcode; poweroff) &
 true
 `
 
@@ -382,6 +384,58 @@ func TestFailures(t *testing.T) {
 		t.Errorf("a frozen guest failed with result %q, want watchdog", got)
 	}
 	requireNothingLeft(t, m, "w")
+}
+
+// TestGuestEndings: a guest that powers itself off ends the service
+// cleanly, one that sets an exit code fails it, one that is never ready is
+// stopped after ReadyTimeout=, and Chroot=no runs without the chroot.
+func TestGuestEndings(t *testing.T) {
+	norestart := "[Service]\nRestart=no\n"
+	m := bootWithGuests(t, map[string]string{
+		"off":  guestConf("guest.img", readyConsole+norestart, "umlsd.poweroff"),
+		"code": guestConf("guest.img", readyConsole+norestart, "umlsd.exitcode"),
+		"late": guestConf("guest.img", "Ready=console:^NEVER$\nReadyTimeout=3s\n"+norestart, "umlsd.none"),
+		"free": guestConf("guest.img", "Chroot=no\n"+readyConsole, "umlsd.none"),
+	})
+	for _, tt := range []struct{ name, state, status, journal string }{
+		{"off", "inactive", "0", "the guest powered off"},
+		{"code", "failed", "5", "the kernel exited with status 7"},
+	} {
+		unit := "uml@" + tt.name + ".service"
+		timedStart(t, m, unit)
+		deadline := time.Now().Add(30 * time.Second)
+		for show(t, m, unit, "ActiveState") != tt.state {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not end %s:\n%s", unit, tt.state, status(t, m, unit))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if got := show(t, m, unit, "ExecMainStatus"); got != tt.status {
+			t.Errorf("%s exited with %s, want %s", unit, got, tt.status)
+		}
+		waitJournal(t, m, unit, tt.journal)
+		requireNothingLeft(t, m, tt.name)
+	}
+
+	start := time.Now()
+	if _, _, err := m.Run(t.Context(), "systemctl", "start", "uml@late.service"); err == nil {
+		t.Error("a guest that is never ready started")
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("a start with ReadyTimeout=3s failed only after %v", d)
+	}
+	if got := show(t, m, "uml@late.service", "StatusText"); !strings.Contains(got, "not ready within ReadyTimeout=3s") {
+		t.Errorf("status %q does not say why the start failed", got)
+	}
+	requireNothingLeft(t, m, "late")
+
+	timedStart(t, m, "uml@free.service")
+	if root := strings.TrimSpace(m.MustRun(t, "readlink", "/proc/"+kernelPID(t, m, "uml@free.service")+"/root")); root != "/" {
+		t.Errorf("with Chroot=no the kernel's root is %q, want /", root)
+	}
+	m.MustRun(t, "systemctl", "stop", "uml@free.service")
+	waitJournal(t, m, "uml@free.service", "stopped: the guest shut down cleanly")
+	requireNothingLeft(t, m, "free")
 }
 
 // TestStoppingUMLTargetStopsEveryGuest: systemctl stop uml.target returns

@@ -57,11 +57,11 @@ const rootSize = 1 << 20
 func Enter(s Spec) error {
 	// Detach a copy of each source first: a tmpfs mounted later may cover
 	// the source's host path (with no root, the runtime directory).
-	trees := make([]int, len(s.Mounts))
+	trees := make([]tree, len(s.Mounts))
 	defer func() {
-		for _, fd := range trees {
-			if fd > 0 {
-				unix.Close(fd)
+		for _, t := range trees {
+			if t.fd > 0 {
+				unix.Close(t.fd)
 			}
 		}
 	}()
@@ -69,11 +69,11 @@ func Enter(s Spec) error {
 		if m.Source == "" {
 			continue
 		}
-		fd, err := detach(m)
+		t, err := detach(m)
 		if err != nil {
 			return err
 		}
-		trees[i] = fd
+		trees[i] = t
 	}
 	if s.Root != "" {
 		opts := "size=" + strconv.Itoa(rootSize) + ",mode=0755"
@@ -88,7 +88,7 @@ func Enter(s Spec) error {
 	}
 	for i, m := range s.Mounts {
 		target := filepath.Join(s.Root, m.Target)
-		if err := mountpoint(ours, target, m.Source); err != nil {
+		if err := mountpoint(ours, target, m.Source == "" || trees[i].isDir); err != nil {
 			return err
 		}
 		if m.Source == "" {
@@ -98,7 +98,7 @@ func Enter(s Spec) error {
 			ours = append(ours, target)
 			continue
 		}
-		if err := unix.MoveMount(trees[i], "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		if err := unix.MoveMount(trees[i].fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 			return fmt.Errorf("binding %s at %s: %w", m.Source, m.Target, err)
 		}
 	}
@@ -118,15 +118,25 @@ func Enter(s Spec) error {
 	return nil
 }
 
+// tree is a detached copy of a bind mount's source.
+type tree struct {
+	fd    int
+	isDir bool
+}
+
 // detach makes an unattached copy of m's source with m's flags.
-func detach(m Mount) (int, error) {
+func detach(m Mount) (tree, error) {
+	fi, err := os.Stat(m.Source)
+	if err != nil {
+		return tree{}, fmt.Errorf("binding %s into the jail: %w", m.Source, err)
+	}
 	fd, err := unix.OpenTree(unix.AT_FDCWD, m.Source, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
 	if err != nil {
-		return -1, fmt.Errorf("opening %s to bind it into the jail: %w", m.Source, err)
+		return tree{}, fmt.Errorf("opening %s to bind it into the jail: %w", m.Source, err)
 	}
 	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
 	// A block device given as an image is opened through its node.
-	if fi, err := os.Stat(m.Source); err == nil && fi.Mode()&fs.ModeDevice != 0 {
+	if fi.Mode()&fs.ModeDevice != 0 {
 		attr.Attr_set &^= unix.MOUNT_ATTR_NODEV
 	}
 	if m.ReadOnly {
@@ -134,9 +144,9 @@ func detach(m Mount) (int, error) {
 	}
 	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &attr); err != nil {
 		unix.Close(fd)
-		return -1, fmt.Errorf("setting the flags of %s: %w", m.Source, err)
+		return tree{}, fmt.Errorf("setting the flags of %s: %w", m.Source, err)
 	}
-	return fd, nil
+	return tree{fd: fd, isDir: fi.IsDir()}, nil
 }
 
 func mountTmpfs(target string, m Mount) error {
@@ -151,17 +161,9 @@ func mountTmpfs(target string, m Mount) error {
 	return nil
 }
 
-// mountpoint makes sure target exists, of the kind the source is: below one
-// of ours it creates it (and its parents); elsewhere, it must exist.
-func mountpoint(ours []string, target, source string) error {
-	isDir := true
-	if source != "" {
-		fi, err := os.Stat(source)
-		if err != nil {
-			return fmt.Errorf("binding %s into the jail: %w", source, err)
-		}
-		isDir = fi.IsDir()
-	}
+// mountpoint makes sure target exists, a directory or a file: below one of
+// ours it creates it (and its parents); elsewhere, it must exist.
+func mountpoint(ours []string, target string, isDir bool) error {
 	if _, err := os.Lstat(target); err == nil {
 		return nil
 	} else if !errors.Is(err, fs.ErrNotExist) || !below(target, ours) {

@@ -69,12 +69,16 @@ func preflight(ctx context.Context, db accounts, g *config.Guest, l Layout, log 
 	p := &plan{guest: g, account: acct, layout: l, argv: KernelCommandLine(g, l)}
 	p.env = []string{"TMPDIR=" + l.Memory()}
 
-	files, err := jail.ProgramFiles(g.Kernel)
-	if err != nil {
-		return nil, hostErrorf("Kernel=%s cannot be run: %w", g.Kernel, err)
+	// Checked before its ELF header is read: a FIFO would block that.
+	if fi, err := os.Stat(g.Kernel); err != nil || !fi.Mode().IsRegular() {
+		return nil, hostErrorf("Kernel=%s is not a program file; install user-mode-linux or fix Kernel=", g.Kernel)
 	}
 	if err := checkAccess(g.Kernel, acct, unix.X_OK|unix.R_OK, g.Chroot); err != nil {
 		return nil, hostErrorf("Kernel=%s: %w", g.Kernel, err)
+	}
+	files, err := jail.ProgramFiles(g.Kernel)
+	if err != nil {
+		return nil, hostErrorf("Kernel=%s cannot be run: %w", g.Kernel, err)
 	}
 	// The root image is written only when there is no COW file.
 	imageAccess := uint32(unix.R_OK)

@@ -77,6 +77,10 @@ func TestPreflightRefuses(t *testing.T) {
 	if err := os.Mkdir(private, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	script := filepath.Join(dir, "script")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	hidden := filepath.Join(private, "hidden.img")
 	secret := filepath.Join(dir, "secret.img")
 	for _, p := range []string{hidden, secret} {
@@ -114,7 +118,8 @@ func TestPreflightRefuses(t *testing.T) {
 		{"root group", "[Guest]\nUser=wheel\n", "group is root's (gid 0)"},
 		{"unknown user", "[Guest]\nUser=nobody-here\n", "there is no user nobody-here (User=)"},
 		{"uid without group", "[Guest]\nUser=4242\n", "set Group= as well"},
-		{"missing kernel", "[Guest]\nKernel=/nonexistent/linux\n", "Kernel=/nonexistent/linux cannot be run"},
+		{"missing kernel", "[Guest]\nKernel=/nonexistent/linux\n", "Kernel=/nonexistent/linux is not a program file"},
+		{"kernel not ELF", "[Guest]\nKernel=" + script + "\n", "Kernel=" + script + " cannot be run"},
 		{"missing image", "[Guest]\nRootImage=" + dir + "/missing.img\n", "RootImage=" + dir + "/missing.img: no such file or directory"},
 		{"unreadable image", "[Guest]\nRootImage=" + secret + "\n", "user uml-ok (uid 2000, gid 2000) may not read it"},
 		{"unreachable without chroot", "[Guest]\nRootImage=" + hidden + "\nChroot=no\n", "directory " + private + " does not let it through"},
