@@ -2,7 +2,6 @@ package guestimage
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io/fs"
 	"os"
@@ -14,10 +13,9 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"umlsd/internal/golden"
 	"umlsd/internal/testbed"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
 // TestGenerated compares the generated inittab, rc scripts and /etc files
 // for a table of Specs with testdata/NAME.golden.
@@ -46,19 +44,7 @@ func TestGenerated(t *testing.T) {
 				fmt.Fprintf(&b, "==== %s %v\n%s", f.Path, f.Mode, f.Data)
 			}
 			got := b.String()
-			golden := filepath.Join("testdata", tc.name+".golden")
-			if *update {
-				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("reading golden file (run go test -update to create it): %v", err)
-			}
-			if diff := cmp.Diff(string(want), got); diff != "" {
-				t.Errorf("generated files differ from %s (-want +got):\n%s", golden, diff)
-			}
+			golden.Check(t, filepath.Join("testdata", tc.name+".golden"), got)
 		})
 	}
 }

@@ -1,18 +1,13 @@
 package supervisor
 
 import (
-	"flag"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
-
 	"umlsd/config"
+	"umlsd/internal/golden"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
 // parseGuest parses one configuration given as text.
 func parseGuest(t *testing.T, name, text string) *config.Guest {
@@ -22,25 +17,6 @@ func parseGuest(t *testing.T, name, text string) *config.Guest {
 		t.Fatalf("parsing %s: %v", name, err)
 	}
 	return g
-}
-
-// golden compares got with testdata/NAME, or rewrites it with -update.
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("reading golden file (run go test -update to create it): %v", err)
-	}
-	if diff := cmp.Diff(string(want), got); diff != "" {
-		t.Errorf("%s differs (-want +got; go test -update rewrites it):\n%s", path, diff)
-	}
 }
 
 func TestKernelCommandLine(t *testing.T) {
@@ -68,5 +44,5 @@ KernelArguments=init=/sbin/init
 		}
 		b.WriteString("\n")
 	}
-	golden(t, "cmdline.golden", b.String())
+	golden.Check(t, filepath.Join("testdata", "cmdline.golden"), b.String())
 }

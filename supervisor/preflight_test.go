@@ -13,6 +13,7 @@ import (
 	"github.com/coreos/go-systemd/v22/journal"
 
 	"umlsd/cow"
+	"umlsd/internal/golden"
 	"umlsd/internal/testbed"
 )
 
@@ -180,7 +181,7 @@ func TestPreflightPlansTheJail(t *testing.T) {
 				}
 				fmt.Fprintf(&b, "bind %s ro=%v\n", target, m.ReadOnly)
 			}
-			golden(t, "jail-"+tt.name+".golden", b.String())
+			golden.Check(t, filepath.Join("testdata", "jail-"+tt.name+".golden"), b.String())
 		})
 	}
 }
