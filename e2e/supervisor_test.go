@@ -328,9 +328,11 @@ func TestKilledSupervisor(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	// ExecStopPost= cleaned up before the restart, which found nothing left.
+	// ExecStopPost= undid what the killed supervisor left, and the restart
+	// found nothing left.
+	waitJournal(t, m, unit, "undoing what the supervisor of g left behind")
 	if got := journal(t, m, "-u", unit); strings.Contains(got, "undoing what an earlier run") {
-		t.Errorf("the restart found what the killed run left; cleanup did not run:\n%s", got)
+		t.Errorf("the restart found what the killed run left:\n%s", got)
 	}
 	m.MustRun(t, "systemctl", "stop", unit)
 	requireNothingLeft(t, m, "g")

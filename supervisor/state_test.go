@@ -70,7 +70,7 @@ func groupLeader(t *testing.T) *exec.Cmd {
 
 func TestCleanup(t *testing.T) {
 	root := t.TempDir()
-	s := &Supervisor{RuntimeDir: root}
+	s := &Supervisor{RuntimeDir: root, Log: discardLog{}}
 	kernel := groupLeader(t)
 	l := crashedRun(t, root, "web", kernel)
 
@@ -100,7 +100,7 @@ func TestCleanup(t *testing.T) {
 
 func TestCleanupNeverKillsAReusedPID(t *testing.T) {
 	root := t.TempDir()
-	s := &Supervisor{RuntimeDir: root}
+	s := &Supervisor{RuntimeDir: root, Log: discardLog{}}
 	other := groupLeader(t)
 	l := crashedRun(t, root, "web", nil)
 	// The record names the pid, but with another start time: the process
@@ -123,7 +123,7 @@ func TestCleanupNeverKillsAReusedPID(t *testing.T) {
 
 func TestCleanupRefusesWhileRunning(t *testing.T) {
 	root := t.TempDir()
-	s := &Supervisor{RuntimeDir: root}
+	s := &Supervisor{RuntimeDir: root, Log: discardLog{}}
 	l := crashedRun(t, root, "web", nil)
 	st, err := openState(l.State(), false) // a live supervisor's lock
 	if err != nil {
@@ -141,7 +141,7 @@ func TestCleanupRefusesWhileRunning(t *testing.T) {
 
 func TestCleanupLeavesWhatItDidNotCreate(t *testing.T) {
 	root := t.TempDir()
-	s := &Supervisor{RuntimeDir: root}
+	s := &Supervisor{RuntimeDir: root, Log: discardLog{}}
 	l := crashedRun(t, root, "web", nil)
 	foreign := filepath.Join(l.Dir, "notes.txt")
 	if err := os.WriteFile(foreign, []byte("mine"), 0o600); err != nil {
@@ -160,7 +160,7 @@ func TestCleanupLeavesWhatItDidNotCreate(t *testing.T) {
 }
 
 func TestCleanupOfNothing(t *testing.T) {
-	s := &Supervisor{RuntimeDir: t.TempDir()}
+	s := &Supervisor{RuntimeDir: t.TempDir(), Log: discardLog{}}
 	if err := s.Cleanup(context.Background(), "web"); err != nil {
 		t.Errorf("cleanup with nothing to do: %v", err)
 	}

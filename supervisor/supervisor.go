@@ -258,6 +258,9 @@ func (s *Supervisor) Cleanup(_ context.Context, name string) error {
 	case err != nil:
 		return fmt.Errorf("opening %s: %w", l.State(), err)
 	}
+	if rs, err := st.records(); err == nil && len(rs) > 0 {
+		s.Log.Event(journal.PriNotice, fmt.Sprintf("undoing what the supervisor of %s left behind (%d records)", name, len(rs)))
+	}
 	return release(l, st)
 }
 
