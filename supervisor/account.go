@@ -129,3 +129,24 @@ func account(db accounts, g *config.Guest, acct Account) (Account, error) {
 	}
 	return acct, nil
 }
+
+// checkShared refuses acct when another guest's kernel would run with the
+// same uid, unless both guests name their account with User=. The
+// configurations already refuse two guests writing the same User=; this
+// catches what they cannot see: a uid written as a number in one and as a
+// name in another, or a default account that has an explicit twin.
+func checkShared(db accounts, g *config.Guest, acct Account, others []*config.Guest) error {
+	for _, o := range others {
+		if o.Name == g.Name || !g.UserIsDefault && !o.UserIsDefault {
+			continue
+		}
+		uid, err := strconv.Atoi(o.User)
+		if u, lerr := db.LookupUser(o.User); lerr == nil {
+			uid, err = strconv.Atoi(u.Uid)
+		}
+		if err == nil && uid == acct.UID { // an account not made yet is nobody's
+			return hostErrorf("the guest's account %s (uid %d) is also the account of guest %s (%s); give each guest its own account, or name the shared one with User= in both", acct.User, acct.UID, o.Name, o.Path)
+		}
+	}
+	return nil
+}

@@ -52,7 +52,8 @@ func hostErrorf(format string, args ...any) error {
 // preflight checks what a start needs, changing nothing but the account
 // database (the default account is created on first start), and plans the
 // start.
-func preflight(ctx context.Context, db accounts, g *config.Guest, l Layout, log Log) (*plan, error) {
+// others are the other configured guests.
+func preflight(ctx context.Context, db accounts, g *config.Guest, others []*config.Guest, l Layout, log Log) (*plan, error) {
 	switch {
 	case g.Network != nil:
 		return nil, hostErrorf("%s: networking is not supported yet; remove the [Network] and [Firewall] sections to run this guest without a network", g.Path)
@@ -61,6 +62,9 @@ func preflight(ctx context.Context, db accounts, g *config.Guest, l Layout, log 
 	}
 	acct, created, err := resolveAccount(ctx, db, g)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkShared(db, g, acct, others); err != nil {
 		return nil, err
 	}
 	if created {

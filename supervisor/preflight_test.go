@@ -12,6 +12,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/journal"
 
+	"umlsd/config"
 	"umlsd/cow"
 	"umlsd/internal/golden"
 	"umlsd/internal/testbed"
@@ -47,6 +48,7 @@ func (f *fakeAccounts) CreateSystemUser(_ context.Context, name, _ string) error
 
 func newFakeAccounts() *fakeAccounts {
 	return &fakeAccounts{users: map[string]user.User{
+		"uml-dns": {Username: "uml-dns", Uid: "2005", Gid: "2005"},
 		"root":   {Username: "root", Uid: "0", Gid: "0"},
 		"uml-ok": {Username: "uml-ok", Uid: "2000", Gid: "2000"},
 		"wheel":  {Username: "wheel", Uid: "2002", Gid: "0"},
@@ -128,12 +130,15 @@ func TestPreflightRefuses(t *testing.T) {
 		{"stale cow", "[Guest]\nCow=" + stale + "\n", "changed since the COW file was made"},
 		{"foreign cow", "[Guest]\nCow=" + foreign + "\n", "was made for backing file " + other},
 		{"cow directory missing", "[Guest]\nCow=" + dir + "/no/such.cow\n", "its directory: no such file or directory"},
+		{"uid of another guest's default account", "[Guest]\nUser=2005\nGroup=guests\n", "is also the account of guest dns (/etc/uml/dns.conf)"},
 	}
+	// Guest dns's default account uml-dns has uid 2005 in newFakeAccounts.
+	others := []*config.Guest{parseGuest(t, "dns", "[Guest]\nRootImage=/srv/dns.img\n")}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			conf := "[Guest]\nRootImage=" + image + "\nCow=" + dir + "/ok.cow\nUser=uml-ok\n" + tt.conf
 			g := parseGuest(t, "g", conf)
-			_, err := preflight(context.Background(), newFakeAccounts(), g, NewLayout(t.TempDir(), "g"), discardLog{})
+			_, err := preflight(context.Background(), newFakeAccounts(), g, others, NewLayout(t.TempDir(), "g"), discardLog{})
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("preflight error = %v, want one containing %q", err, tt.want)
 			}
@@ -158,7 +163,7 @@ func TestPreflightPlansTheJail(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			db := newFakeAccounts()
 			g := parseGuest(t, "web", "[Guest]\nRootImage="+image+"\nCow="+dir+"/web.cow\nMemory=64M\n"+tt.conf)
-			p, err := preflight(context.Background(), db, g, NewLayout("/run/uml", "web"), discardLog{})
+			p, err := preflight(context.Background(), db, g, nil, NewLayout("/run/uml", "web"), discardLog{})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -136,7 +136,11 @@ func (s *Supervisor) Run(ctx context.Context, name string) (err error) {
 		return configError{err}
 	}
 	l := NewLayout(s.RuntimeDir, name)
-	p, err := preflight(ctx, s.db(), g, l, s.Log)
+	var others []*config.Guest
+	if set, err := s.Loader.LoadAll(); err == nil {
+		others = set.Guests
+	}
+	p, err := preflight(ctx, s.db(), g, others, l, s.Log)
 	if ctx.Err() != nil {
 		return nil // stopped before anything started
 	}
