@@ -49,10 +49,10 @@ func (f *fakeAccounts) CreateSystemUser(_ context.Context, name, _ string) error
 func newFakeAccounts() *fakeAccounts {
 	return &fakeAccounts{users: map[string]user.User{
 		"uml-dns": {Username: "uml-dns", Uid: "2005", Gid: "2005"},
-		"root":   {Username: "root", Uid: "0", Gid: "0"},
-		"uml-ok": {Username: "uml-ok", Uid: "2000", Gid: "2000"},
-		"wheel":  {Username: "wheel", Uid: "2002", Gid: "0"},
-		"toor":   {Username: "toor", Uid: "0", Gid: "2003"},
+		"root":    {Username: "root", Uid: "0", Gid: "0"},
+		"uml-ok":  {Username: "uml-ok", Uid: "2000", Gid: "2000"},
+		"wheel":   {Username: "wheel", Uid: "2002", Gid: "0"},
+		"toor":    {Username: "toor", Uid: "0", Gid: "2003"},
 	}}
 }
 
