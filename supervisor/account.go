@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os/exec"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -136,17 +137,17 @@ func account(db accounts, g *config.Guest, acct Account) (Account, error) {
 // catches what they cannot see: a uid written as a number in one and as a
 // name in another, or a default account that has an explicit twin.
 func checkShared(db accounts, g *config.Guest, acct Account, others []*config.Guest) error {
+	// The names acct goes by, found once: not one account lookup (a read
+	// of /etc/passwd) per configured guest.
+	names := []string{strconv.Itoa(acct.UID)}
+	if u, err := db.LookupUser(names[0]); err == nil {
+		names = append(names, u.Username)
+	}
 	for _, o := range others {
-		if o.Name == g.Name || !g.UserIsDefault && !o.UserIsDefault {
+		if o.Name == g.Name || !g.UserIsDefault && !o.UserIsDefault || !slices.Contains(names, o.User) {
 			continue
 		}
-		uid, err := strconv.Atoi(o.User)
-		if u, lerr := db.LookupUser(o.User); lerr == nil {
-			uid, err = strconv.Atoi(u.Uid)
-		}
-		if err == nil && uid == acct.UID { // an account not made yet is nobody's
-			return hostErrorf("the guest's account %s (uid %d) is also the account of guest %s (%s); give each guest its own account, or name the shared one with User= in both", acct.User, acct.UID, o.Name, o.Path)
-		}
+		return hostErrorf("the guest's account %s (uid %d) is also the account of guest %s (%s); give each guest its own account, or name the shared one with User= in both", acct.User, acct.UID, o.Name, o.Path)
 	}
 	return nil
 }
