@@ -75,15 +75,13 @@ func Enter(s Spec) error {
 		}
 		trees[i] = t
 	}
+	// Mount points are made only in file systems the jail mounted itself.
+	var ours []string
 	if s.Root != "" {
 		opts := "size=" + strconv.Itoa(rootSize) + ",mode=0755"
 		if err := unix.Mount("tmpfs", s.Root, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, opts); err != nil {
 			return fmt.Errorf("mounting the jail's root on %s: %w", s.Root, err)
 		}
-	}
-	// Mount points are made only in file systems the jail mounted itself.
-	var ours []string
-	if s.Root != "" {
 		ours = append(ours, s.Root)
 	}
 	for i, m := range s.Mounts {

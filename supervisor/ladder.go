@@ -72,8 +72,9 @@ func (s stopStep) String() string {
 // remount its disks read-only and halt it; then SIGTERM, then SIGKILL of
 // the kernel's process group. exited is closed when the kernel has exited;
 // rebooted receives when the kernel announces a new boot. ask says whether
-// to ask the guest first. status reports each step as it starts. ctx bounds the whole ladder: it must not be the
-// context whose end asked for the stop.
+// to ask the guest first. status reports each step as it starts. ctx
+// bounds the whole ladder: it must not be the context whose end asked for
+// the stop.
 func stopKernel(ctx context.Context, k guestControl, exited <-chan struct{}, rebooted <-chan struct{}, t ladderTiming, ask bool, status func(string)) (stopStep, error) {
 	gone := func() bool {
 		select {
