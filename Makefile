@@ -25,8 +25,11 @@ FUZZTIME ?= 200000x
 
 # Debian packages the test tiers need (systemd-nspawn for the throwaway
 # machine; a UML kernel, busybox and e2fsprogs for guest images; uml-utilities
-# as the reference client and COW tools the tests compare against).
-DEB_PACKAGES := pkg-config systemd systemd-container user-mode-linux uml-utilities busybox-static e2fsprogs
+# as the reference client and COW tools the tests compare against; iproute2,
+# iptables (with ebtables) for the guests' taps and firewalls; dnsmasq-base
+# for the DNS guest and dig to query it).
+DEB_PACKAGES := pkg-config systemd systemd-container user-mode-linux uml-utilities busybox-static e2fsprogs \
+	iproute2 iptables dnsmasq-base bind9-dnsutils
 
 COMMANDS := uml-generator uml-supervisor
 UNITS    := uml@.service uml.target
