@@ -1,56 +1,44 @@
 package netprep
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os/exec"
 	"slices"
 	"strings"
-
-	"github.com/coreos/go-iptables/iptables"
 )
 
-// ruleTables is what the firewall needs of one family's tables: the part of
-// go-iptables' API it uses. An interface so that ebtables, which go-iptables
-// does not drive, and the tests' fake can stand in.
-type ruleTables interface {
-	ListChains(table string) ([]string, error)
-	// List is the chain in iptables -S form: "-A CHAIN MATCH… -j TARGET".
-	List(table, chain string) ([]string, error)
-	// ClearChain creates the chain, or empties it if it exists.
-	ClearChain(table, chain string) error
-	Append(table, chain string, rule ...string) error
-	Insert(table, chain string, pos int, rule ...string) error
-	Exists(table, chain string, rule ...string) (bool, error)
-	Delete(table, chain string, rule ...string) error
-	DeleteChain(table, chain string) error
+// tables is one family's netfilter tables, read and changed in the format
+// of iptables-save and iptables-restore: one command reads them all, and
+// one transaction per table changes them, so that a guest's firewall is
+// never half-installed and a start runs a few commands, not one per rule.
+// An interface so that the tests can use a fake.
+type tables interface {
+	Save(ctx context.Context) (string, error)
+	// Restore changes what script names and nothing else (--noflush).
+	Restore(ctx context.Context, script string) error
 }
 
-// Firewall applies and removes guests' rule sets. Concurrent supervisors
-// may use it at once: iptables and ebtables serialise their own changes,
-// and no two guests share a chain or a rule.
+// Firewall applies and removes guests' rule sets. Supervisors of several
+// guests may use it at once: the tools serialise their transactions, and no
+// two guests share a chain or a rule.
 type Firewall struct {
-	v4, v6, bridge ruleTables
+	v4, v6, bridge tables
 }
 
-// NewFirewall drives the host's iptables, ip6tables and ebtables.
-func NewFirewall() (*Firewall, error) {
-	v4, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4))
-	if err != nil {
-		return nil, fmt.Errorf("finding iptables: %w; install Debian's iptables package", err)
+// NewFirewall drives the host's iptables, ip6tables and ebtables (the
+// nf_tables ones on Debian, all from its iptables package).
+func NewFirewall() *Firewall {
+	return &Firewall{
+		v4:     tool{"iptables-save", "iptables-restore", "-w", "--noflush"},
+		v6:     tool{"ip6tables-save", "ip6tables-restore", "-w", "--noflush"},
+		bridge: tool{"ebtables-save", "ebtables-restore", "--noflush"},
 	}
-	v6, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv6))
-	if err != nil {
-		return nil, fmt.Errorf("finding ip6tables: %w; install Debian's iptables package", err)
-	}
-	eb, err := newEbtables()
-	if err != nil {
-		return nil, err
-	}
-	return &Firewall{v4: v4, v6: v6, bridge: eb}, nil
 }
 
-func (fw *Firewall) of(f Family) ruleTables {
+func (fw *Firewall) of(f Family) tables {
 	switch f {
 	case IPv4:
 		return fw.v4
@@ -60,124 +48,152 @@ func (fw *Firewall) of(f Family) ruleTables {
 	return fw.bridge
 }
 
-// builtins are the built-in chains of each table: the only chains in which
-// the firewall adds or removes rules, its jumps.
-var builtins = map[Family]map[string][]string{
-	IPv4: {
-		"raw":    {"PREROUTING", "OUTPUT"},
-		"mangle": {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"},
-		"filter": {"INPUT", "FORWARD", "OUTPUT"},
-	},
-	Bridge: {"filter": {"INPUT", "FORWARD", "OUTPUT"}},
-}
+var families = []Family{IPv4, IPv6, Bridge}
 
-func init() { builtins[IPv6] = builtins[IPv4] }
-
-// Apply installs rule set rs: first every chain with its rules, then the
-// jumps to them, so that nothing reaches a chain before it is complete.
-// The tap must not exist yet (see OpenTap): the guest is fenced before its
-// first packet. Applying a rule set twice leaves the same rules.
-func (fw *Firewall) Apply(ctx context.Context, rs RuleSet) error {
-	for _, t := range rs {
-		tbl := fw.of(t.Family)
-		for _, c := range t.Chains {
-			if err := tbl.ClearChain(t.Name, c.Name); err != nil {
-				return fmt.Errorf("creating the %s chain %s in table %s: %w", t.Family, c.Name, t.Name, err)
-			}
-			for _, r := range c.Rules {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-				if err := tbl.Append(t.Name, c.Name, r...); err != nil {
-					return fmt.Errorf("adding %s rule %q to %s: %w", t.Family, quote(r), c.Name, err)
-				}
-			}
-		}
-	}
-	for _, t := range rs {
-		tbl := fw.of(t.Family)
-		// Inserted at the top, each before the last: backwards keeps the
-		// rule set's order.
-		for _, j := range slices.Backward(t.Jumps) {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			ok, err := tbl.Exists(t.Name, j.From, j.Rule...)
-			if err == nil && !ok {
-				err = tbl.Insert(t.Name, j.From, 1, j.Rule...)
-			}
-			if err != nil {
-				return fmt.Errorf("adding %s rule %q to %s: %w", t.Family, quote(j.Rule), j.From, err)
-			}
+// Apply installs rule set rs of guest name, replacing whatever the guest
+// had: per table, in one transaction, the guest's old jumps and chains go,
+// its chains are made and filled, and then jumped to. The tap must not exist
+// yet (see OpenTap): the guest is fenced before its first packet. Applying
+// the same rule set again changes nothing.
+func (fw *Firewall) Apply(ctx context.Context, name string, rs RuleSet) error {
+	for _, f := range families {
+		if err := fw.change(ctx, f, Base(name), rs); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// Teardown removes everything guest name owns in every table, found by
-// name: the rules of built-in chains that jump to its chains, then the
-// chains. It touches nothing else, and does nothing when nothing is left.
-// It goes on after an error and returns them all.
+// Teardown removes everything guest name owns, found by name: the rules of
+// built-in chains that jump to its chains, and the chains. It touches
+// nothing else, and does nothing when nothing is left.
 func (fw *Firewall) Teardown(ctx context.Context, name string) error {
-	base := Base(name)
 	var errs []error
-	for _, tc := range chainsOf {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		tbl := fw.of(tc.family)
-		existing, err := tbl.ListChains(tc.table)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("listing the %s chains of table %s: %w", tc.family, tc.table, err))
-			continue
-		}
-		var ours []string
-		for _, s := range tc.suffixes {
-			if slices.Contains(existing, base+s) {
-				ours = append(ours, base+s)
-			}
-		}
-		if len(ours) == 0 {
-			continue
-		}
-		for _, from := range builtins[tc.family][tc.table] {
-			errs = append(errs, removeJumps(tbl, tc.family, tc.table, from, ours))
-		}
-		for _, c := range ours {
-			err := tbl.ClearChain(tc.table, c)
-			if err == nil {
-				err = tbl.DeleteChain(tc.table, c)
-			}
-			if err != nil {
-				errs = append(errs, fmt.Errorf("removing the %s chain %s from table %s: %w", tc.family, c, tc.table, err))
-			}
+	for _, f := range families {
+		if err := fw.change(ctx, f, Base(name), nil); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// removeJumps deletes the rules of built-in chain from that jump to one of
-// ours.
-func removeJumps(tbl ruleTables, f Family, table, from string, ours []string) error {
-	lines, err := tbl.List(table, from)
+// change makes family f's tables hold exactly rs's for the guest of base.
+func (fw *Firewall) change(ctx context.Context, f Family, base string, rs RuleSet) error {
+	t := fw.of(f)
+	saved, err := t.Save(ctx)
 	if err != nil {
-		return fmt.Errorf("listing the %s chain %s of table %s: %w", f, from, table, err)
+		return fmt.Errorf("reading the %s tables: %w", f, err)
 	}
-	var errs []error
-	for _, line := range lines {
-		rule, ok := strings.CutPrefix(line, "-A "+from+" ")
-		if !ok {
+	script := restoreScript(f, parseSaved(saved), base, rs)
+	if script == "" {
+		return nil
+	}
+	if err := t.Restore(ctx, script); err != nil {
+		return fmt.Errorf("changing the %s tables of %s: %w", f, base, err)
+	}
+	return nil
+}
+
+// saved is a family's tables as save prints them: per table, its chains
+// and its rules ("-A CHAIN …"), in order.
+type saved []savedTable
+
+type savedTable struct {
+	name   string
+	chains []string
+	rules  []string
+}
+
+func parseSaved(text string) saved {
+	var s saved
+	for _, line := range strings.Split(text, "\n") {
+		switch {
+		case strings.HasPrefix(line, "*"):
+			s = append(s, savedTable{name: line[1:]})
+		case len(s) == 0:
+		case strings.HasPrefix(line, ":"):
+			name, _, _ := strings.Cut(line[1:], " ")
+			s[len(s)-1].chains = append(s[len(s)-1].chains, name)
+		case strings.HasPrefix(line, "-A "):
+			s[len(s)-1].rules = append(s[len(s)-1].rules, line)
+		}
+	}
+	return s
+}
+
+func (s saved) table(name string) savedTable {
+	for _, t := range s {
+		if t.name == name {
+			return t
+		}
+	}
+	return savedTable{name: name}
+}
+
+// restoreScript is the restore input that takes family f's tables from
+// what was saved to holding exactly rs's chains and jumps for the guest
+// of base; "" when there is nothing to change. Everything of the guest is
+// found by name: its chains are base plus a known suffix, its jumps the
+// rules of other chains that target one.
+func restoreScript(f Family, s saved, base string, rs RuleSet) string {
+	var sb strings.Builder
+	for _, tc := range chainsOf {
+		if tc.family != f {
 			continue
 		}
-		tokens, err := splitRule(rule)
-		if err != nil || !slices.Contains(ours, target(tokens)) {
-			continue
+		st := s.table(tc.table)
+		var want *Table
+		for i := range rs {
+			if rs[i].Family == f && rs[i].Name == tc.table {
+				want = &rs[i]
+			}
 		}
-		if err := tbl.Delete(table, from, tokens...); err != nil {
-			errs = append(errs, fmt.Errorf("deleting the %s rule %q from %s: %w", f, rule, from, err))
+		ours := func(chain string) bool {
+			rest, ok := strings.CutPrefix(chain, base)
+			return ok && slices.Contains(tc.suffixes, rest)
+		}
+		var lines []string
+		for _, r := range st.rules {
+			chain, _, _ := strings.Cut(strings.TrimPrefix(r, "-A "), " ")
+			if tokens, err := splitRule(r); err == nil && ours(target(tokens)) && !ours(chain) {
+				lines = append(lines, "-D"+strings.TrimPrefix(r, "-A"))
+			}
+		}
+		for _, c := range st.chains {
+			if ours(c) && (want == nil || !slices.ContainsFunc(want.Chains, func(w Chain) bool { return w.Name == c })) {
+				lines = append(lines, "-F "+c, "-X "+c)
+			}
+		}
+		if want != nil {
+			// A chain declared again is emptied, then filled anew.
+			for _, c := range want.Chains {
+				lines = append(lines, declare(f, c.Name))
+				for _, r := range c.Rules {
+					lines = append(lines, "-A "+c.Name+" "+quote(r))
+				}
+			}
+			// Inserted at the top, each before the last: backwards keeps
+			// the rule set's order.
+			for _, j := range slices.Backward(want.Jumps) {
+				lines = append(lines, "-I "+j.From+" 1 "+quote(j.Rule))
+			}
+		}
+		if len(lines) > 0 {
+			fmt.Fprintf(&sb, "*%s\n%s\nCOMMIT\n", tc.table, strings.Join(lines, "\n"))
 		}
 	}
-	return errors.Join(errs...)
+	return sb.String()
+}
+
+// declare is the restore line that creates a chain, or empties it.
+func declare(f Family, chain string) string {
+	if f == Bridge {
+		// A new ebtables chain's policy is ACCEPT, which would end the
+		// built-in chain's traversal for whatever the guest's chain does
+		// not decide itself.
+		return ":" + chain + " RETURN"
+	}
+	return ":" + chain + " - [0:0]"
 }
 
 // target is where a rule jumps (-j) or goes (-g) to.
@@ -190,7 +206,7 @@ func target(tokens []string) string {
 	return ""
 }
 
-// splitRule splits a rule as iptables -S prints it: words, and double
+// splitRule splits a rule as iptables-save prints it: words, and double
 // quoted strings with backslash escapes.
 func splitRule(s string) ([]string, error) {
 	var out []string
@@ -222,4 +238,30 @@ func splitRule(s string) ([]string, error) {
 		out = append(out, word.String())
 	}
 	return out, nil
+}
+
+// tool is a family's save command and restore command with its flags.
+type tool []string
+
+func (t tool) Save(ctx context.Context) (string, error) {
+	return t.run(ctx, "", t[0])
+}
+
+func (t tool) Restore(ctx context.Context, script string) error {
+	_, err := t.run(ctx, script, t[1:]...)
+	return err
+}
+
+func (t tool) run(ctx context.Context, stdin string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		if errors.Is(err, exec.ErrNotFound) {
+			return "", fmt.Errorf("running %s: %w; install Debian's iptables package", args[0], err)
+		}
+		return "", fmt.Errorf("running %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return stdout.String(), nil
 }

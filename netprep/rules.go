@@ -442,25 +442,7 @@ func linkLocal(mac net.HardwareAddr) netip.Addr {
 	return netip.AddrFrom16(a)
 }
 
-// String is the rule set as commands, one per line, for people and golden
-// files.
-func (rs RuleSet) String() string {
-	var sb strings.Builder
-	for _, t := range rs {
-		cmd := map[Family]string{IPv4: "iptables", IPv6: "ip6tables", Bridge: "ebtables"}[t.Family] + " -t " + t.Name
-		for _, c := range t.Chains {
-			fmt.Fprintf(&sb, "%s -N %s\n", cmd, c.Name)
-			for _, r := range c.Rules {
-				fmt.Fprintf(&sb, "%s -A %s %s\n", cmd, c.Name, quote(r))
-			}
-		}
-		for _, j := range t.Jumps {
-			fmt.Fprintf(&sb, "%s -I %s %s\n", cmd, j.From, quote(j.Rule))
-		}
-	}
-	return sb.String()
-}
-
+// quote is r as a line of iptables-restore input.
 func quote(r Rule) string {
 	q := make([]string, len(r))
 	for i, s := range r {

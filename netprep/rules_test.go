@@ -3,6 +3,7 @@ package netprep
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -85,7 +86,12 @@ Log=no
 			if err != nil {
 				t.Fatal(err)
 			}
-			golden.Check(t, filepath.Join("testdata", "rules-"+tc.name+".txt"), rs.String())
+			// What a clean host is given, one restore input per family.
+			var sb strings.Builder
+			for _, f := range families {
+				fmt.Fprintf(&sb, "# %s\n%s", f, restoreScript(f, nil, Base(g.Name), rs))
+			}
+			golden.Check(t, filepath.Join("testdata", "rules-"+tc.name+".txt"), sb.String())
 		})
 	}
 }
