@@ -48,8 +48,9 @@ func bootWithConfigs(t *testing.T) *testbed.Machine {
 	for path, conf := range configs {
 		files[path] = []byte(conf)
 	}
-	// dns is [Install]ed: at boot systemd starts it, and as networking is
-	// not supported yet that start fails and the machine is "degraded".
+	// dns is [Install]ed: at boot systemd starts it, and as the machine
+	// has neither its bridge nor its image that start fails and the
+	// machine is "degraded".
 	return testbed.Boot(t.Context(), t, testbed.Options{Install: true, Files: files, AllowDegraded: true})
 }
 
@@ -185,8 +186,8 @@ func TestInstalledGuestPulledInAtBoot(t *testing.T) {
 	if strings.Contains(deps, "uml@web.service") {
 		t.Errorf("multi-user.target pulls in uml@web.service, which has no [Install]:\n%s", deps)
 	}
-	// systemd did start it at boot: it left the inactive state (and, as
-	// networking is not supported yet, failed rather than hanging).
+	// systemd did start it at boot: it left the inactive state (and, with
+	// no bridge, failed rather than hanging).
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	out, _, err := m.Run(ctx, "systemctl", "show", "-P", "InactiveExitTimestampMonotonic", "uml@dns.service")

@@ -34,6 +34,7 @@ KernelArguments=quiet loglevel=3
 KernelArguments=init=/sbin/init
 `},
 		{"odd-memory", "[Guest]\nRootImage=/srv/base.img\nMemory=100000K\n"},
+		{"network", "[Guest]\nRootImage=/srv/base.img\nKernelArguments=quiet\n[Network]\nBridge=br0\nMAC=52:54:00:12:34:56\nAddress=10.1.1.10\n"},
 	}
 	var b strings.Builder
 	for _, c := range cases {

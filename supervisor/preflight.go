@@ -15,6 +15,7 @@ import (
 	"umlsd/config"
 	"umlsd/cow"
 	"umlsd/jail"
+	"umlsd/netprep"
 )
 
 // Memory the guest's memory tmpfs has beyond the guest's RAM: UML maps a
@@ -36,6 +37,7 @@ type plan struct {
 	jail     jail.Spec
 	makeCow  bool   // the COW file does not exist yet
 	stateDir string // the default COW file's directory, to create if missing
+	rules    netprep.RuleSet
 }
 
 // configError is a problem with the configuration or the host that a
@@ -52,14 +54,9 @@ func hostErrorf(format string, args ...any) error {
 // preflight checks what a start needs, changing nothing but the account
 // database (the default account is created on first start), and plans the
 // start.
-// others are the other configured guests.
-func preflight(ctx context.Context, db accounts, g *config.Guest, others []*config.Guest, l Layout, log Log) (*plan, error) {
-	switch {
-	case g.Network != nil:
-		return nil, hostErrorf("%s: networking is not supported yet; remove the [Network] and [Firewall] sections to run this guest without a network", g.Path)
-	case g.Ready.Kind == config.ReadyTCP:
-		return nil, hostErrorf("%s: Ready=%s needs networking, which is not supported yet; use Ready=kernel, console: or notify", g.Path, g.Ready)
-	}
+// others are the other configured guests; lookup resolves the host names
+// of firewall rules.
+func preflight(ctx context.Context, db accounts, g *config.Guest, others []*config.Guest, l Layout, log Log, lookup netprep.Lookup) (*plan, error) {
 	acct, created, err := resolveAccount(ctx, db, g)
 	if err != nil {
 		return nil, err
@@ -72,6 +69,11 @@ func preflight(ctx context.Context, db accounts, g *config.Guest, others []*conf
 	}
 	p := &plan{guest: g, account: acct, layout: l, argv: KernelCommandLine(g, l)}
 	p.env = []string{"TMPDIR=" + l.Memory()}
+	if g.Network != nil {
+		if p.rules, err = preflightNetwork(ctx, g, lookup, log); err != nil {
+			return nil, err
+		}
+	}
 
 	// Checked before its ELF header is read: a FIFO would block that.
 	if fi, err := os.Stat(g.Kernel); err != nil || !fi.Mode().IsRegular() {

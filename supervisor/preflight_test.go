@@ -116,7 +116,7 @@ func TestPreflightRefuses(t *testing.T) {
 	tests := []struct {
 		name, conf, want string
 	}{
-		{"network", "[Network]\nBridge=br0\nAddress=10.0.0.2\n", "networking is not supported yet"},
+		{"missing bridge", "[Network]\nBridge=umlsd-nobr\nAddress=10.0.0.2\n", "Bridge=umlsd-nobr: the bridge umlsd-nobr does not exist"},
 		{"root user", "[Guest]\nUser=toor\n", "user toor (User=) is root (uid 0)"},
 		{"root group", "[Guest]\nUser=wheel\n", "group is root's (gid 0)"},
 		{"unknown user", "[Guest]\nUser=nobody-here\n", "there is no user nobody-here (User=)"},
@@ -138,7 +138,7 @@ func TestPreflightRefuses(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			conf := "[Guest]\nRootImage=" + image + "\nCow=" + dir + "/ok.cow\nUser=uml-ok\n" + tt.conf
 			g := parseGuest(t, "g", conf)
-			_, err := preflight(context.Background(), newFakeAccounts(), g, others, NewLayout(t.TempDir(), "g"), discardLog{})
+			_, err := preflight(context.Background(), newFakeAccounts(), g, others, NewLayout(t.TempDir(), "g"), discardLog{}, nil)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("preflight error = %v, want one containing %q", err, tt.want)
 			}
@@ -163,7 +163,7 @@ func TestPreflightPlansTheJail(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			db := newFakeAccounts()
 			g := parseGuest(t, "web", "[Guest]\nRootImage="+image+"\nCow="+dir+"/web.cow\nMemory=64M\n"+tt.conf)
-			p, err := preflight(context.Background(), db, g, nil, NewLayout("/run/uml", "web"), discardLog{})
+			p, err := preflight(context.Background(), db, g, nil, NewLayout("/run/uml", "web"), discardLog{}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

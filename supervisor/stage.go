@@ -26,6 +26,8 @@ const ExecKernelCommand = "exec-kernel"
 const (
 	stageSpecFD  = 3 // the stage reads its stageSpec here
 	stageErrorFD = 4 // it writes why it failed here; closed on exec
+	// Descriptors passed on to the kernel start here: the guest's tap.
+	stageExtraFD = 5
 )
 
 // stageSpec is what the exec stage does.
@@ -37,11 +39,11 @@ type stageSpec struct {
 }
 
 // startStage starts the exec stage with the console terminal as its
-// standard descriptors, and calls started with its pid before letting it
+// standard descriptors and extra from stageExtraFD on, and calls started with its pid before letting it
 // go on. The kernel, once the stage executes it, has the same pid, and
 // leads its own process group. It returns when the kernel runs, or with
 // the stage's error.
-func startStage(self string, spec stageSpec, console *os.File, started func(pid int) error) (*exec.Cmd, error) {
+func startStage(self string, spec stageSpec, console *os.File, extra []*os.File, started func(pid int) error) (*exec.Cmd, error) {
 	specR, specW, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -60,7 +62,7 @@ func startStage(self string, spec stageSpec, console *os.File, started func(pid 
 		Stdin:      console,
 		Stdout:     console,
 		Stderr:     console,
-		ExtraFiles: []*os.File{specR, errW},
+		ExtraFiles: append([]*os.File{specR, errW}, extra...),
 		SysProcAttr: &syscall.SysProcAttr{
 			// Go makes the new namespace's mounts private, so nothing the
 			// stage mounts propagates to the host.

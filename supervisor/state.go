@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,8 +20,10 @@ import (
 // up after a crash (uml-supervisor cleanup) undoes exactly that, newest
 // first. A half-written last line is the crash itself and is ignored.
 type record struct {
-	Path   string `json:"path,omitempty"`   // a file or empty directory
-	Kernel *proc  `json:"kernel,omitempty"` // the kernel's process group
+	Path     string     `json:"path,omitempty"`     // a file or empty directory
+	Kernel   *proc      `json:"kernel,omitempty"`   // the kernel's process group
+	Firewall string     `json:"firewall,omitempty"` // the guest whose firewall it is
+	Tap      *tapRecord `json:"tap,omitempty"`
 }
 
 // proc names a process beyond its pid, which the system reuses.
@@ -161,13 +164,17 @@ func killGroup(p proc, timeout time.Duration) error {
 // undo removes what the records name, newest first. Things already gone
 // are fine; a directory that is not empty is left (it holds something the
 // supervisor did not create) and reported.
-func undo(rs []record) error {
+func undo(ctx context.Context, hn HostNetwork, rs []record) error {
 	var errs []error
 	for i := len(rs) - 1; i >= 0; i-- {
 		r := rs[i]
 		switch {
 		case r.Kernel != nil:
 			if err := killGroup(*r.Kernel, 5*time.Second); err != nil {
+				errs = append(errs, err)
+			}
+		case r.Firewall != "" || r.Tap != nil:
+			if err := undoNetwork(ctx, hn, r); err != nil {
 				errs = append(errs, err)
 			}
 		case r.Path != "":

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"umlsd/netprep"
 )
 
 // crashedRun leaves what a supervisor killed at once would: a runtime
@@ -166,5 +171,70 @@ func TestCleanupOfNothing(t *testing.T) {
 	}
 	if err := s.Cleanup(context.Background(), "../etc"); ExitStatus(err) != ExitConfig {
 		t.Errorf("cleanup of a bad name: %v, want a configuration error", err)
+	}
+}
+
+// fakeNetwork records what is asked of the host's network.
+type fakeNetwork struct{ calls []string }
+
+func (f *fakeNetwork) Apply(_ context.Context, guest string, _ netprep.RuleSet) error {
+	f.calls = append(f.calls, "apply "+guest)
+	return nil
+}
+
+func (f *fakeNetwork) Teardown(_ context.Context, guest string) error {
+	f.calls = append(f.calls, "teardown "+guest)
+	return nil
+}
+
+func (f *fakeNetwork) OpenTap(name, bridge string) (*netprep.Tap, error) {
+	return nil, errors.New("no taps here")
+}
+
+func (f *fakeNetwork) DeleteTap(name string, index int) error {
+	f.calls = append(f.calls, fmt.Sprintf("delete tap %s %d", name, index))
+	return nil
+}
+
+// TestCleanupUndoesTheNetwork: after a crash, the tap that was made is
+// deleted (by name and index: never another interface of that name), then
+// the firewall is torn down; a tap recorded but never made is left alone.
+func TestCleanupUndoesTheNetwork(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		records []record
+		want    []string
+	}{
+		{"tap made", []record{{Firewall: "web"}, {Tap: &tapRecord{Name: "uml-web"}}, {Tap: &tapRecord{Name: "uml-web", Index: 7}}},
+			[]string{"delete tap uml-web 7", "teardown web"}},
+		{"crashed opening the tap", []record{{Firewall: "web"}, {Tap: &tapRecord{Name: "uml-web"}}},
+			[]string{"teardown web"}},
+		{"crashed in the firewall", []record{{Firewall: "web"}}, []string{"teardown web"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			hn := &fakeNetwork{}
+			s := &Supervisor{RuntimeDir: root, Log: discardLog{}, Net: hn}
+			l := NewLayout(root, "web")
+			if err := os.MkdirAll(l.Dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			st, err := openState(l.State(), true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range tc.records {
+				if err := st.add(r); err != nil {
+					t.Fatal(err)
+				}
+			}
+			st.close()
+			if err := s.Cleanup(t.Context(), "web"); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, hn.calls); diff != "" {
+				t.Errorf("network calls (-want +got):\n%s", diff)
+			}
+		})
 	}
 }

@@ -28,6 +28,7 @@ import (
 
 	"umlsd/config"
 	"umlsd/mconsole"
+	"umlsd/netprep"
 )
 
 // Exit statuses of uml-supervisor run.
@@ -85,6 +86,10 @@ type Supervisor struct {
 	// Notify sends a state to the service manager (sd_notify); nil when
 	// there is none.
 	Notify func(state string)
+	// Net changes the host's network, and Lookup resolves the host names
+	// of firewall rules: nil for the host's own (tests set them).
+	Net    HostNetwork
+	Lookup netprep.Lookup
 
 	accounts accounts
 }
@@ -140,19 +145,19 @@ func (s *Supervisor) Run(ctx context.Context, name string) (err error) {
 	if set, err := s.Loader.LoadAll(); err == nil {
 		others = set.Guests
 	}
-	p, err := preflight(ctx, s.db(), g, others, l, s.Log)
+	p, err := preflight(ctx, s.db(), g, others, l, s.Log, s.lookup())
 	if ctx.Err() != nil {
 		return nil // stopped before anything started
 	}
 	if err != nil {
 		return err
 	}
-	st, err := s.claim(l)
+	st, err := s.claim(ctx, l)
 	if err != nil {
 		return err
 	}
 	defer func() {
-		if terr := release(l, st); terr != nil {
+		if terr := s.release(ctx, l, st); terr != nil {
 			s.Log.Event(journal.PriErr, fmt.Sprintf("undoing the host changes: %v", terr))
 			if err == nil {
 				err = terr
@@ -162,7 +167,7 @@ func (s *Supervisor) Run(ctx context.Context, name string) (err error) {
 	if err := ctx.Err(); err != nil {
 		return nil // stopped before anything started
 	}
-	k, err := s.start(p, st)
+	k, err := s.start(ctx, p, st)
 	if err != nil {
 		return err
 	}
@@ -171,7 +176,7 @@ func (s *Supervisor) Run(ctx context.Context, name string) (err error) {
 
 // claim makes the guest's runtime directory and locks its record, after
 // undoing what a crashed run left in it.
-func (s *Supervisor) claim(l Layout) (*stateFile, error) {
+func (s *Supervisor) claim(ctx context.Context, l Layout) (*stateFile, error) {
 	if err := os.MkdirAll(s.RuntimeDir, 0o755); err != nil {
 		return nil, fmt.Errorf("making %s: %w", s.RuntimeDir, err)
 	}
@@ -205,7 +210,7 @@ func (s *Supervisor) claim(l Layout) (*stateFile, error) {
 	}
 	if len(rs) > 0 {
 		s.Log.Event(journal.PriNotice, "undoing what an earlier run of this guest left behind")
-		if err := undo(rs); err != nil {
+		if err := undo(context.WithoutCancel(ctx), s.net(), rs); err != nil {
 			st.close()
 			return nil, fmt.Errorf("undoing an earlier run: %w", err)
 		}
@@ -220,10 +225,11 @@ func (s *Supervisor) claim(l Layout) (*stateFile, error) {
 // release undoes what st records, then removes the record and the runtime
 // directory, unless the directory holds something the supervisor did not
 // create, which it leaves and reports.
-func release(l Layout, st *stateFile) error {
+func (s *Supervisor) release(ctx context.Context, l Layout, st *stateFile) error {
 	rs, err := st.records()
 	if err == nil {
-		err = undo(rs)
+		// Also when the guest was stopped: undoing is part of stopping.
+		err = undo(context.WithoutCancel(ctx), s.net(), rs)
 	}
 	if err != nil {
 		st.close()
@@ -243,7 +249,7 @@ func release(l Layout, st *stateFile) error {
 // Cleanup undoes what a run of guest name left on the host, from its record:
 // after the supervisor was killed at any point, and harmlessly when there is
 // nothing to undo. It refuses while a supervisor of the guest runs.
-func (s *Supervisor) Cleanup(_ context.Context, name string) error {
+func (s *Supervisor) Cleanup(ctx context.Context, name string) error {
 	l := NewLayout(s.RuntimeDir, name)
 	if !config.ValidName(name) {
 		return configError{fmt.Errorf("%q is not a guest name", name)}
@@ -265,7 +271,7 @@ func (s *Supervisor) Cleanup(_ context.Context, name string) error {
 	if rs, err := st.records(); err == nil && len(rs) > 0 {
 		s.Log.Event(journal.PriNotice, fmt.Sprintf("undoing what the supervisor of %s left behind (%d records)", name, len(rs)))
 	}
-	return release(l, st)
+	return s.release(ctx, l, st)
 }
 
 // kernel is a started kernel.
@@ -280,7 +286,7 @@ type kernel struct {
 
 // start makes the runtime files, the persistent state the guest lacks, and
 // starts the kernel.
-func (s *Supervisor) start(p *plan, st *stateFile) (k *kernel, err error) {
+func (s *Supervisor) start(ctx context.Context, p *plan, st *stateFile) (k *kernel, err error) {
 	g, l, acct := p.guest, p.layout, p.account
 	if p.stateDir != "" {
 		// root's, not the guest's: the guest needs its COW file only, and
@@ -294,6 +300,17 @@ func (s *Supervisor) start(p *plan, st *stateFile) (k *kernel, err error) {
 			return nil, err
 		}
 		s.Log.Event(journal.PriNotice, fmt.Sprintf("created COW file %s on %s", g.Cow, g.RootImage))
+	}
+
+	var extra []*os.File
+	if g.Network != nil {
+		s.status("preparing the network")
+		tap, err := s.prepareNetwork(ctx, p, st)
+		if err != nil {
+			return nil, err
+		}
+		defer tap.File.Close() // the kernel has its own copy
+		extra = append(extra, tap.File)
 	}
 
 	s.status("preparing the jail")
@@ -339,7 +356,7 @@ func (s *Supervisor) start(p *plan, st *stateFile) (k *kernel, err error) {
 		k.proc = proc{PID: pid, Start: start}
 		return st.add(record{Kernel: &k.proc})
 	}
-	k.cmd, err = startStage(s.Self, stageSpec{Jail: p.jail, UID: acct.UID, GID: acct.GID, Argv: p.argv, Env: p.env}, peer, started)
+	k.cmd, err = startStage(s.Self, stageSpec{Jail: p.jail, UID: acct.UID, GID: acct.GID, Argv: p.argv, Env: p.env}, peer, extra, started)
 	if err != nil {
 		master.Close()
 		return nil, err
@@ -495,6 +512,12 @@ func (s *Supervisor) supervise(ctx context.Context, p *plan, k *kernel) error {
 	ev := &guestEvents{sockets: make(chan struct{}, 1), user: make(chan string, 16)}
 	go s.receive(rctx, k, ev)
 
+	var tcpReady <-chan struct{}
+	var probe *tcpProbe
+	if g.Ready.Kind == config.ReadyTCP {
+		probe = probeTCP(rctx, g)
+		tcpReady = probe.ready
+	}
 	var readyTimeout <-chan time.Time
 	if !g.ReadyTimeout.Infinite {
 		t := time.NewTimer(g.ReadyTimeout.D)
@@ -506,6 +529,8 @@ func (s *Supervisor) supervise(ctx context.Context, p *plan, k *kernel) error {
 		s.status("booting; ready when a console line matches %q", g.Ready.Pattern)
 	case config.ReadyNotify:
 		s.status("booting; ready when the guest writes READY=1 to /proc/mconsole")
+	case config.ReadyTCP:
+		s.status("booting; ready when %s accepts connections on TCP port %d", g.Network.Addresses[0].Addr(), g.Ready.Port)
 	default:
 		s.status("booting; ready when the kernel answers on its management console")
 	}
@@ -556,6 +581,8 @@ func (s *Supervisor) supervise(ctx context.Context, p *plan, k *kernel) error {
 		case <-readyTimeout:
 			why := ""
 			switch {
+			case probe != nil && probe.lastErr() != nil:
+				why = fmt.Sprintf(" (connecting: %v)", probe.lastErr())
 			case lastErr != nil:
 				why = fmt.Sprintf(" (its management console: %v)", lastErr)
 			case !kernelUp:
@@ -578,6 +605,9 @@ func (s *Supervisor) supervise(ctx context.Context, p *plan, k *kernel) error {
 			}
 		case <-pollC:
 			askKernel()
+		case <-tcpReady:
+			tcpReady = nil
+			setReady(fmt.Sprintf("it accepts connections on TCP port %d", g.Ready.Port))
 		case <-consoleMatched:
 			consoleMatched = nil
 			setReady(fmt.Sprintf("a console line matched %q", g.Ready.Pattern))

@@ -1,0 +1,172 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/journal"
+
+	"umlsd/config"
+	"umlsd/netprep"
+)
+
+// HostNetwork is what the supervisor changes in the host's network: an
+// interface so that the tests of recording and undoing can run without
+// touching a network. DefaultHostNetwork is the real one.
+type HostNetwork interface {
+	Apply(ctx context.Context, guest string, rs netprep.RuleSet) error
+	Teardown(ctx context.Context, guest string) error
+	OpenTap(name, bridge string) (*netprep.Tap, error)
+	DeleteTap(name string, index int) error
+}
+
+// DefaultHostNetwork is netprep on the host.
+func DefaultHostNetwork() HostNetwork { return hostNetwork{netprep.NewFirewall()} }
+
+type hostNetwork struct{ *netprep.Firewall }
+
+func (hostNetwork) OpenTap(name, bridge string) (*netprep.Tap, error) {
+	return netprep.OpenTap(name, bridge)
+}
+
+func (hostNetwork) DeleteTap(name string, index int) error { return netprep.DeleteTap(name, index) }
+
+// tapRecord names a tap: Index is 0 until it exists.
+type tapRecord struct {
+	Name  string `json:"name"`
+	Index int    `json:"index,omitempty"`
+}
+
+// preflightNetwork checks that the host can carry guest g's network and
+// computes its firewall. It changes nothing but br_netfilter's settings,
+// which the firewall needs.
+func preflightNetwork(ctx context.Context, g *config.Guest, lookup netprep.Lookup, log Log) (netprep.RuleSet, error) {
+	n := g.Network
+	if err := netprep.CheckBridge(n.Bridge); err != nil {
+		return nil, hostErrorf("%s: Bridge=%s: %w", g.Path, n.Bridge, err)
+	}
+	changed, err := netprep.EnableBridgeFilter(ctx, "/proc/sys", []string{"modprobe"})
+	for _, c := range changed {
+		log.Event(journal.PriNotice, c+", which the guests' firewalls need")
+	}
+	if err != nil {
+		return nil, hostErrorf("%w", err)
+	}
+	// A name that does not resolve may resolve later (the resolver starts
+	// after the guest): not a configuration error, retried by the unit.
+	addrs, err := netprep.Resolve(ctx, g, lookup)
+	if err != nil {
+		return nil, err
+	}
+	rs, err := netprep.Rules(g, addrs)
+	if err != nil {
+		return nil, configError{err}
+	}
+	return rs, nil
+}
+
+// lookupHost is the host's resolver.
+func lookupHost(ctx context.Context, host string) ([]netip.Addr, error) {
+	return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+}
+
+// prepareNetwork fences the guest and opens its tap, in that order, each
+// recorded before it is made. The caller closes the tap once the kernel
+// has its own descriptor.
+func (s *Supervisor) prepareNetwork(ctx context.Context, p *plan, st *stateFile) (*netprep.Tap, error) {
+	g, n := p.guest, p.guest.Network
+	if err := st.add(record{Firewall: g.Name}); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	if err := s.net().Apply(ctx, g.Name, p.rules); err != nil {
+		return nil, fmt.Errorf("installing the guest's firewall: %w", err)
+	}
+	if err := st.add(record{Tap: &tapRecord{Name: n.Tap}}); err != nil {
+		return nil, err
+	}
+	tap, err := s.net().OpenTap(n.Tap, n.Bridge)
+	if err != nil {
+		return nil, hostErrorf("%s: %w", g.Path, err)
+	}
+	if err := st.add(record{Tap: &tapRecord{Name: tap.Name, Index: tap.Index}}); err != nil {
+		tap.File.Close()
+		return nil, err
+	}
+	s.Log.Event(journal.PriInfo, fmt.Sprintf("the guest's firewall is in place and its tap %s is on %s (%v)", n.Tap, n.Bridge, time.Since(start).Round(time.Millisecond)))
+	return tap, nil
+}
+
+// undoNetwork undoes a network record.
+func undoNetwork(ctx context.Context, hn HostNetwork, r record) error {
+	switch {
+	case r.Tap != nil && r.Tap.Index != 0:
+		if err := hn.DeleteTap(r.Tap.Name, r.Tap.Index); err != nil {
+			return fmt.Errorf("deleting the tap %s: %w", r.Tap.Name, err)
+		}
+	case r.Firewall != "":
+		if err := hn.Teardown(ctx, r.Firewall); err != nil {
+			return fmt.Errorf("removing the firewall of %s: %w", r.Firewall, err)
+		}
+	}
+	return nil
+}
+
+// tcpProbe says when the guest accepts connections on the Ready=tcp: port
+// of its first address: it closes ready then, and until then keeps the
+// last error for the timeout's message.
+type tcpProbe struct {
+	ready chan struct{}
+	mu    sync.Mutex
+	err   error
+}
+
+func probeTCP(ctx context.Context, g *config.Guest) *tcpProbe {
+	pr := &tcpProbe{ready: make(chan struct{})}
+	addr := net.JoinHostPort(g.Network.Addresses[0].Addr().String(), strconv.Itoa(int(g.Ready.Port)))
+	go func() {
+		d := net.Dialer{Timeout: time.Second}
+		for {
+			c, err := d.DialContext(ctx, "tcp", addr)
+			if err == nil {
+				c.Close()
+				close(pr.ready)
+				return
+			}
+			pr.mu.Lock()
+			pr.err = err
+			pr.mu.Unlock()
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	return pr
+}
+
+func (pr *tcpProbe) lastErr() error {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	return pr.err
+}
+
+func (s *Supervisor) net() HostNetwork {
+	if s.Net == nil {
+		return DefaultHostNetwork()
+	}
+	return s.Net
+}
+
+func (s *Supervisor) lookup() netprep.Lookup {
+	if s.Lookup == nil {
+		return lookupHost
+	}
+	return s.Lookup
+}
