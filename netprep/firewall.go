@@ -15,10 +15,14 @@ import (
 // one transaction per table changes them, so that a guest's firewall is
 // never half-installed and a start runs a few commands, not one per rule.
 // An interface so that the tests can use a fake.
+//
+// Both start their command and return; the function they return waits for
+// its result. The three families' commands so run at once, and are all
+// started by the calling thread, in its network namespace.
 type tables interface {
-	Save(ctx context.Context) (string, error)
+	Save(ctx context.Context) func() (string, error)
 	// Restore changes what script names and nothing else (--noflush).
-	Restore(ctx context.Context, script string) error
+	Restore(ctx context.Context, script string) func() error
 }
 
 // Firewall applies and removes guests' rule sets. Supervisors of several
@@ -56,42 +60,44 @@ var families = []Family{IPv4, IPv6, Bridge}
 // yet (see OpenTap): the guest is fenced before its first packet. Applying
 // the same rule set again changes nothing.
 func (fw *Firewall) Apply(ctx context.Context, name string, rs RuleSet) error {
-	for _, f := range families {
-		if err := fw.change(ctx, f, Base(name), rs); err != nil {
-			return err
-		}
-	}
-	return nil
+	return fw.change(ctx, Base(name), rs)
 }
 
 // Teardown removes everything guest name owns, found by name: the rules of
 // built-in chains that jump to its chains, and the chains. It touches
 // nothing else, and does nothing when nothing is left.
 func (fw *Firewall) Teardown(ctx context.Context, name string) error {
+	return fw.change(ctx, Base(name), nil)
+}
+
+// change makes every family's tables hold exactly rs's for the guest of
+// base. A family that fails does not keep the others from changing.
+func (fw *Firewall) change(ctx context.Context, base string, rs RuleSet) error {
+	saves := make([]func() (string, error), len(families))
+	for i, f := range families {
+		saves[i] = fw.of(f).Save(ctx)
+	}
 	var errs []error
-	for _, f := range families {
-		if err := fw.change(ctx, f, Base(name), nil); err != nil {
-			errs = append(errs, err)
+	restores := make([]func() error, len(families))
+	for i, f := range families {
+		saved, err := saves[i]()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("reading the %s tables: %w", f, err))
+			continue
+		}
+		if script := restoreScript(f, parseSaved(saved), base, rs); script != "" {
+			restores[i] = fw.of(f).Restore(ctx, script)
+		}
+	}
+	for i, f := range families {
+		if restores[i] == nil {
+			continue
+		}
+		if err := restores[i](); err != nil {
+			errs = append(errs, fmt.Errorf("changing the %s tables of %s: %w", f, base, err))
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// change makes family f's tables hold exactly rs's for the guest of base.
-func (fw *Firewall) change(ctx context.Context, f Family, base string, rs RuleSet) error {
-	t := fw.of(f)
-	saved, err := t.Save(ctx)
-	if err != nil {
-		return fmt.Errorf("reading the %s tables: %w", f, err)
-	}
-	script := restoreScript(f, parseSaved(saved), base, rs)
-	if script == "" {
-		return nil
-	}
-	if err := t.Restore(ctx, script); err != nil {
-		return fmt.Errorf("changing the %s tables of %s: %w", f, base, err)
-	}
-	return nil
 }
 
 // saved is a family's tables as save prints them: per table, its chains
@@ -243,25 +249,37 @@ func splitRule(s string) ([]string, error) {
 // tool is a family's save command and restore command with its flags.
 type tool []string
 
-func (t tool) Save(ctx context.Context) (string, error) {
-	return t.run(ctx, "", t[0])
+func (t tool) Save(ctx context.Context) func() (string, error) {
+	return t.start(ctx, "", t[0])
 }
 
-func (t tool) Restore(ctx context.Context, script string) error {
-	_, err := t.run(ctx, script, t[1:]...)
-	return err
+func (t tool) Restore(ctx context.Context, script string) func() error {
+	wait := t.start(ctx, script, t[1:]...)
+	return func() error {
+		_, err := wait()
+		return err
+	}
 }
 
-func (t tool) run(ctx context.Context, stdin string, args ...string) (string, error) {
+// start starts a command with stdin, and returns what waits for its output.
+func (t tool) start(ctx context.Context, stdin string, args ...string) func() (string, error) {
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
+	fail := func(err error) (string, error) {
 		if errors.Is(err, exec.ErrNotFound) {
 			return "", fmt.Errorf("running %s: %w; install Debian's iptables package", args[0], err)
 		}
 		return "", fmt.Errorf("running %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(stderr.Bytes()))
 	}
-	return stdout.String(), nil
+	if err := cmd.Start(); err != nil {
+		return func() (string, error) { return fail(err) }
+	}
+	return func() (string, error) {
+		if err := cmd.Wait(); err != nil {
+			return fail(err)
+		}
+		return stdout.String(), nil
+	}
 }

@@ -36,7 +36,7 @@ func run(t *testing.T, args ...string) {
 // and chains that are not its own: applying twice changes nothing, and
 // teardown (twice) gives back exactly what was there before.
 func TestFirewallReal(t *testing.T) {
-	tapInNewNetns(t)
+	inNewNetns(t)
 	fw := NewFirewall()
 	ctx := t.Context()
 	for _, cmd := range []string{"iptables", "ip6tables"} {
@@ -78,4 +78,15 @@ func TestFirewallReal(t *testing.T) {
 			t.Errorf("Teardown did not give back the tables as they were (-before +after):\n%s", diff)
 		}
 	}
+}
+
+// snapshotCounters is every table with its counters, for failures.
+func snapshotCounters(t *testing.T) string {
+	t.Helper()
+	var sb strings.Builder
+	for _, cmd := range [][]string{{"iptables-save", "-c"}, {"ip6tables-save", "-c"}, {"ebtables", "-t", "filter", "-L", "--Lc"}} {
+		out, _ := exec.Command(cmd[0], cmd[1:]...).CombinedOutput()
+		sb.Write(out)
+	}
+	return sb.String()
 }

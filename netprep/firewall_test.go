@@ -65,7 +65,7 @@ func addForeign(t *testing.T, fw *Firewall) {
 		if f == IPv6 {
 			script = foreign[IPv4]
 		}
-		if err := fw.of(f).Restore(t.Context(), script); err != nil {
+		if err := fw.of(f).Restore(t.Context(), script)(); err != nil {
 			t.Fatal(err)
 		}
 	}

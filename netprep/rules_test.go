@@ -16,7 +16,7 @@ import (
 )
 
 // parse is guest name's configuration text.
-func parse(t *testing.T, name, text string) *config.Guest {
+func parse(t testing.TB, name, text string) *config.Guest {
 	t.Helper()
 	g, err := config.Parse(name, config.Source{Path: "/etc/uml/" + name + ".conf", Data: []byte(text)})
 	if err != nil {

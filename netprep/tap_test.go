@@ -21,11 +21,11 @@ import (
 // network namespace of its own, entered by its goroutine's OS thread and
 // thrown away at its end. They never touch the host's namespace.
 
-// tapInNewNetns moves the calling goroutine, locked to its OS thread, into a new
+// inNewNetns moves the calling goroutine, locked to its OS thread, into a new
 // network namespace until the end of the test. It must be called from the
 // test's own goroutine, and the test must not start goroutines that expect
 // the namespace: they would run on other threads.
-func tapInNewNetns(t *testing.T) {
+func inNewNetns(t testing.TB) {
 	t.Helper()
 	testbed.RequireRoot(t)
 	if _, err := os.Stat(tunDevice); err != nil {
@@ -251,7 +251,7 @@ func TestTapOpen(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tapInNewNetns(t)
+			inNewNetns(t)
 			br := tapAddLink(t, &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0", MTU: tt.bridgeMTU}})
 			if tt.setMTU != 0 {
 				tapSetMTU(t, br, tt.setMTU)
@@ -327,7 +327,7 @@ func TestTapOpen(t *testing.T) {
 // A tap that cannot be set up (here: a bridge MTU above the tap's maximum)
 // leaves nothing behind.
 func TestTapOpenFailsAfterCreation(t *testing.T) {
-	tapInNewNetns(t)
+	inNewNetns(t)
 	br := tapAddBridge(t, "br0")
 	tapSetMTU(t, br, 65535) // a tap's maximum is 65535 - 14
 	before := tapLinkNames(t)
@@ -407,7 +407,7 @@ func TestTapOpenExclusive(t *testing.T) {
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tapInNewNetns(t)
+			inNewNetns(t)
 			br := tapAddBridge(t, "br0")
 			tt.existing(t, br)
 			l := tapLookup(t, name)
@@ -439,7 +439,7 @@ func TestTapOpenExclusive(t *testing.T) {
 
 // The tap's name may be the bridge's own: it is taken.
 func TestTapOpenBridgeName(t *testing.T) {
-	tapInNewNetns(t)
+	inNewNetns(t)
 	br := tapAddBridge(t, "br0")
 	_, err := OpenTap("br0", "br0")
 	if err == nil || !strings.Contains(err.Error(), "already exists (an interface of type bridge, index ") {
@@ -468,7 +468,7 @@ func TestTapOpenInvalidName(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tapInNewNetns(t)
+			inNewNetns(t)
 			tapAddBridge(t, "br0")
 			before := tapLinkNames(t)
 			tap, err := OpenTap(tt.tap, "br0")
@@ -502,7 +502,7 @@ func TestTapOpenBadBridge(t *testing.T) {
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tapInNewNetns(t)
+			inNewNetns(t)
 			tt.setup(t)
 			before := tapLinkNames(t)
 			tap, err := OpenTap("uml-test", "br0")
@@ -567,7 +567,7 @@ func TestTapCheckBridge(t *testing.T) {
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tapInNewNetns(t)
+			inNewNetns(t)
 			tt.setup(t)
 			err := CheckBridge(tt.bridge)
 			got := ""
@@ -644,7 +644,7 @@ func TestTapDelete(t *testing.T) {
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tapInNewNetns(t)
+			inNewNetns(t)
 			tapAddBridge(t, "br0")
 			index := tt.setup(t)
 			want := tapLinkStates(t)
@@ -681,7 +681,7 @@ func TestTapDeleteInvalid(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tapInNewNetns(t)
+			inNewNetns(t)
 			tapAddBridge(t, "br0")
 			tapOpen(t, "uml-test", "br0")
 			before := tapLinkNames(t)

@@ -23,6 +23,7 @@ type HostNetwork interface {
 	Teardown(ctx context.Context, guest string) error
 	OpenTap(name, bridge string) (*netprep.Tap, error)
 	DeleteTap(name string, index int) error
+	Drops(ctx context.Context, guest string) (netprep.Drops, error)
 }
 
 // DefaultHostNetwork is netprep on the host.
@@ -100,6 +101,24 @@ func (s *Supervisor) prepareNetwork(ctx context.Context, p *plan, st *stateFile)
 	}
 	s.Log.Event(journal.PriInfo, fmt.Sprintf("the guest's firewall is in place and its tap %s is on %s (%v)", n.Tap, n.Bridge, time.Since(start).Round(time.Millisecond)))
 	return tap, nil
+}
+
+// logDrops logs what the guest's firewall dropped, before it goes.
+func (s *Supervisor) logDrops(ctx context.Context, rs []record) {
+	for _, r := range rs {
+		if r.Firewall == "" {
+			continue
+		}
+		d, err := s.net().Drops(ctx, r.Firewall)
+		switch {
+		case err != nil:
+			s.Log.Event(journal.PriWarning, fmt.Sprintf("reading the firewall's counters: %v", err))
+		case d.Spoofed > 0:
+			s.Log.Event(journal.PriWarning, fmt.Sprintf("the firewall dropped %d forged and %d disallowed packets from or to the guest", d.Spoofed, d.Policy))
+		default:
+			s.Log.Event(journal.PriInfo, fmt.Sprintf("the firewall dropped %d forged and %d disallowed packets from or to the guest", d.Spoofed, d.Policy))
+		}
+	}
 }
 
 // undoNetwork undoes a network record.

@@ -191,6 +191,11 @@ func (f *fakeNetwork) OpenTap(name, bridge string) (*netprep.Tap, error) {
 	return nil, errors.New("no taps here")
 }
 
+func (f *fakeNetwork) Drops(_ context.Context, guest string) (netprep.Drops, error) {
+	f.calls = append(f.calls, "drops "+guest)
+	return netprep.Drops{}, nil
+}
+
 func (f *fakeNetwork) DeleteTap(name string, index int) error {
 	f.calls = append(f.calls, fmt.Sprintf("delete tap %s %d", name, index))
 	return nil
@@ -206,10 +211,10 @@ func TestCleanupUndoesTheNetwork(t *testing.T) {
 		want    []string
 	}{
 		{"tap made", []record{{Firewall: "web"}, {Tap: &tapRecord{Name: "uml-web"}}, {Tap: &tapRecord{Name: "uml-web", Index: 7}}},
-			[]string{"delete tap uml-web 7", "teardown web"}},
+			[]string{"drops web", "delete tap uml-web 7", "teardown web"}},
 		{"crashed opening the tap", []record{{Firewall: "web"}, {Tap: &tapRecord{Name: "uml-web"}}},
-			[]string{"teardown web"}},
-		{"crashed in the firewall", []record{{Firewall: "web"}}, []string{"teardown web"}},
+			[]string{"drops web", "teardown web"}},
+		{"crashed in the firewall", []record{{Firewall: "web"}}, []string{"drops web", "teardown web"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			root := t.TempDir()

@@ -229,7 +229,9 @@ func (s *Supervisor) release(ctx context.Context, l Layout, st *stateFile) error
 	rs, err := st.records()
 	if err == nil {
 		// Also when the guest was stopped: undoing is part of stopping.
-		err = undo(context.WithoutCancel(ctx), s.net(), rs)
+		ctx := context.WithoutCancel(ctx)
+		s.logDrops(ctx, rs)
+		err = undo(ctx, s.net(), rs)
 	}
 	if err != nil {
 		st.close()
