@@ -5,7 +5,7 @@
 #   make demo            boot a demo guest in a throwaway systemd machine (root)
 #   make test            every test tier (unit, privileged, end-to-end)
 #   make deps            install the Debian packages the tests need
-#   make bench           generator and supervisor benchmarks (time, memory)
+#   make bench           generator, supervisor and network prep benchmarks
 
 PREFIX     ?= /usr/local
 BINDIR     ?= $(PREFIX)/bin
@@ -109,6 +109,7 @@ demo: deps build
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./cmd/uml-generator
 	$(GO) test -run '^$$' -bench Supervisor -benchtime 5x ./e2e
+	$(GO) test -run '^$$' -bench NetworkPrep -benchtime 20x ./netprep
 
 clean:
 	rm -rf bin build
