@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"umlsd/config"
 )
 
 // bastion is the DNS bastion of the design, with IPv6 too.
@@ -22,7 +24,12 @@ HostAccess=tcp/22
 
 func bastionRules(t *testing.T, name string) RuleSet {
 	t.Helper()
-	g := parse(t, name, bastion)
+	return rulesOf(t, parse(t, name, bastion))
+}
+
+// rulesOf is g's rule set, with the tests' host names.
+func rulesOf(t *testing.T, g *config.Guest) RuleSet {
+	t.Helper()
 	addrs, err := Resolve(t.Context(), g, fakeLookup)
 	if err != nil {
 		t.Fatal(err)

@@ -78,14 +78,7 @@ Log=no
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := parse(t, tc.guest, tc.conf)
-			addrs, err := Resolve(t.Context(), g, fakeLookup)
-			if err != nil {
-				t.Fatal(err)
-			}
-			rs, err := Rules(g, addrs)
-			if err != nil {
-				t.Fatal(err)
-			}
+			rs := rulesOf(t, g)
 			// What a clean host is given, one restore input per family.
 			var sb strings.Builder
 			for _, f := range families {
