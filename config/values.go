@@ -342,12 +342,18 @@ func ParsePeer(s string) (Peer, error) {
 		if pfx != pfx.Masked() {
 			return p, fmt.Errorf("has the peer %s with host bits set; did you mean %s?", s, pfx.Masked())
 		}
+		if pfx.Addr().Is4In6() {
+			return p, fmt.Errorf("has the peer %s, an IPv4-mapped IPv6 range; write it as an IPv4 CIDR", s)
+		}
 		p.Prefix = pfx
 		return p, nil
 	}
 	if a, err := netip.ParseAddr(s); err == nil {
 		if a.Zone() != "" {
 			return p, fmt.Errorf("has the peer %q with a zone, which a firewall rule cannot use", s)
+		}
+		if a.Is4In6() {
+			return p, fmt.Errorf("has the peer %s, an IPv4-mapped IPv6 address; write the IPv4 address %s", s, a.Unmap())
 		}
 		p.Prefix = netip.PrefixFrom(a, a.BitLen())
 		return p, nil

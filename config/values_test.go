@@ -453,6 +453,8 @@ func TestParseRule(t *testing.T) {
 		{in: "tcp/22@10.0.0.0/33", wantErr: `has the peer "10.0.0.0/33", which is not a CIDR such as 10.1.1.0/24`},
 		{in: "tcp/22@host/24", wantErr: `has the peer "host/24", which is not a CIDR such as 10.1.1.0/24`},
 		{in: "tcp/22@fe80::1%eth0", wantErr: `has the peer "fe80::1%eth0" with a zone, which a firewall rule cannot use`},
+		{in: "tcp/22@::ffff:10.0.0.1", wantErr: "has the peer ::ffff:10.0.0.1, an IPv4-mapped IPv6 address; write the IPv4 address 10.0.0.1"},
+		{in: "tcp/22@!::ffff:10.0.0.0/104", wantErr: "has the peer ::ffff:10.0.0.0/104, an IPv4-mapped IPv6 range; write it as an IPv4 CIDR"},
 		{in: "tcp/22@bad_host", wantErr: `has the peer "bad_host", which is neither an address, a CIDR nor a host name`},
 		{in: "tcp/22@-host", wantErr: `has the peer "-host", which is neither an address, a CIDR nor a host name`},
 		{in: "tcp/22@host-", wantErr: `has the peer "host-", which is neither an address, a CIDR nor a host name`},

@@ -9,7 +9,8 @@
 // says now, and never touches anything else.
 //
 // The rules are computed by a pure function of the configuration (Rules),
-// so they can be read, reviewed and golden-tested as text; Firewall applies
-// them through a small interface that go-iptables, the ebtables wrapper and
-// a test fake implement.
+// so they can be read, reviewed and golden-tested as text. Firewall applies
+// and removes them as iptables-restore input, one transaction per table,
+// through a small interface that the tools and a test fake implement, and
+// reads their counters with go-iptables.
 package netprep

@@ -41,6 +41,7 @@ func (fw *Firewall) Drops(ctx context.Context, name string) (Drops, error) {
 			n             *uint64
 		}{
 			{"raw", spoofSuffix, &d.Spoofed},
+			{"raw", ndSuffix, &d.Spoofed},
 			{"mangle", outSuffix, &d.Policy},
 			{"mangle", inSuffix, &d.Policy},
 			{"mangle", hostSuffix, &d.Policy},
@@ -71,7 +72,7 @@ func (fw *Firewall) Drops(ctx context.Context, name string) (Drops, error) {
 // ebtablesDrops sums the packet counts of chain's DROP rules; go-iptables
 // does not read ebtables.
 func ebtablesDrops(ctx context.Context, chain string) (uint64, error) {
-	out, err := exec.CommandContext(ctx, "ebtables", "-t", "filter", "-L", chain, "--Lc").CombinedOutput()
+	out, err := exec.CommandContext(ctx, "ebtables", "-t", "nat", "-L", chain, "--Lc").CombinedOutput()
 	if err != nil {
 		if strings.Contains(string(out), "incompatible") || strings.Contains(string(out), "doesn't exist") {
 			return 0, nil // no such chain

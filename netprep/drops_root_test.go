@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // ether is an Ethernet frame.
@@ -52,6 +53,22 @@ func udp6(src, dst string, port uint16) []byte {
 	return h
 }
 
+// icmp6 is an ICMPv6 message of type typ from src, with body.
+func icmp6(src, dst string, typ byte, body []byte) []byte {
+	h := make([]byte, 40, 40+4+len(body))
+	h[0], h[6], h[7] = 0x60, 58, 255
+	binary.BigEndian.PutUint16(h[4:], uint16(4+len(body)))
+	copy(h[8:], netip.MustParseAddr(src).AsSlice())
+	copy(h[24:], netip.MustParseAddr(dst).AsSlice())
+	return append(append(h, typ, 0, 0, 0), body...)
+}
+
+// neighbourAdvert says that target is at mac.
+func neighbourAdvert(target string, mac net.HardwareAddr) []byte {
+	body := append([]byte{0x20, 0, 0, 0}, netip.MustParseAddr(target).AsSlice()...)
+	return append(body, append([]byte{2, 1}, mac...)...)
+}
+
 // arpReply says that ip is at mac.
 func arpReply(mac net.HardwareAddr, ip string, to net.HardwareAddr, toIP string) []byte {
 	a := []byte{0, 1, 8, 0, 6, 4, 0, 2}
@@ -61,9 +78,11 @@ func arpReply(mac net.HardwareAddr, ip string, to net.HardwareAddr, toIP string)
 
 // TestForgedFramesAreDropped writes frames into a real tap on a real bridge
 // as a guest would send them, with the guest's firewall installed: each
-// forged one (IPv4 and IPv6 source, MAC, ARP sender, a VLAN tag) is dropped
-// and counted as spoofed, a packet the policy does not allow as policy,
-// and the guest's own allowed packet passes.
+// forged one (IPv4 and IPv6 source, MAC, ARP sender, neighbour
+// advertisement, router advertisement, a VLAN tag) is dropped and counted
+// as spoofed, a packet the policy does not allow as policy, and the
+// guest's own allowed packets pass. The bridge never learns a forged MAC
+// on the guest's port.
 func TestForgedFramesAreDropped(t *testing.T) {
 	inNewNetns(t)
 	g := parse(t, "fenced", guestHead+`[Network]
@@ -121,13 +140,16 @@ ConnectOut=udp/53
 		{"forged MAC", ether(brMAC, other, 0x0800, udp4("10.1.1.10", "10.1.1.1", 53))},
 		{"forged ARP reply", ether(brMAC, mac, 0x0806, arpReply(mac, "10.1.1.77", brMAC, "10.1.1.1"))},
 		{"VLAN tag", ether(brMAC, mac, 0x8100, append([]byte{0, 5, 8, 0}, udp4("10.1.1.99", "10.1.1.1", 53)...))},
+		{"own neighbour advertisement", ether(brMAC, mac, 0x86dd, icmp6(linkLocal(mac).String(), "fe80::1", 136, neighbourAdvert("fd00:1::10", mac)))},
+		{"forged neighbour advertisement", ether(brMAC, mac, 0x86dd, icmp6(linkLocal(mac).String(), "fe80::1", 136, neighbourAdvert("fd00:1::1", mac)))},
+		{"router advertisement", ether(brMAC, mac, 0x86dd, icmp6(linkLocal(mac).String(), "ff02::1", 134, make([]byte, 12)))},
 	}
 	for _, f := range frames {
 		if _, err := tap.File.Write(f.frame); err != nil {
 			t.Fatalf("writing the %s frame: %v", f.name, err)
 		}
 	}
-	want := Drops{Spoofed: 5, Policy: 1}
+	want := Drops{Spoofed: 7, Policy: 1}
 	var got Drops
 	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if got, err = fw.Drops(t.Context(), g.Name); err != nil {
@@ -139,6 +161,17 @@ ConnectOut=udp/53
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("drops (-want +got):\n%s\n%s", diff, snapshotCounters(t))
+	}
+	fdb, err := netlink.NeighList(tap.Index, unix.AF_BRIDGE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	learned := map[string]bool{}
+	for _, n := range fdb {
+		learned[n.HardwareAddr.String()] = true
+	}
+	if learned[other.String()] || !learned[mac.String()] {
+		t.Errorf("the bridge learned %v on the guest's tap; want the guest's MAC %s and not the forged %s", learned, mac, other)
 	}
 	if err := fw.Teardown(t.Context(), g.Name); err != nil {
 		t.Fatal(err)

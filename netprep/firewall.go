@@ -165,15 +165,22 @@ func restoreScript(f Family, s saved, base string, rs RuleSet) string {
 				lines = append(lines, "-D"+strings.TrimPrefix(r, "-A"))
 			}
 		}
+		// Emptied first, then deleted: a chain may jump to another.
+		var gone []string
 		for _, c := range st.chains {
 			if ours(c) && (want == nil || !slices.ContainsFunc(want.Chains, func(w Chain) bool { return w.Name == c })) {
-				lines = append(lines, "-F "+c, "-X "+c)
+				lines = append(lines, "-F "+c)
+				gone = append(gone, "-X "+c)
 			}
 		}
+		lines = append(lines, gone...)
 		if want != nil {
-			// A chain declared again is emptied, then filled anew.
+			// A chain declared again is emptied, then filled anew; all are
+			// declared first, as a chain may jump to another.
 			for _, c := range want.Chains {
 				lines = append(lines, declare(f, c.Name))
+			}
+			for _, c := range want.Chains {
 				for _, r := range c.Rules {
 					lines = append(lines, "-A "+c.Name+" "+quote(r))
 				}
@@ -271,7 +278,8 @@ func (t tool) start(ctx context.Context, stdin string, args ...string) func() (s
 		if errors.Is(err, exec.ErrNotFound) {
 			return "", fmt.Errorf("running %s: %w; install Debian's iptables package", args[0], err)
 		}
-		return "", fmt.Errorf("running %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(stderr.Bytes()))
+		// One line: the tools spread an error over several.
+		return "", fmt.Errorf("running %s: %w: %s", strings.Join(args, " "), err, strings.Join(strings.Fields(stderr.String()), " "))
 	}
 	if err := cmd.Start(); err != nil {
 		return func() (string, error) { return fail(err) }

@@ -14,7 +14,7 @@ import (
 func snapshot(t *testing.T) string {
 	t.Helper()
 	var sb strings.Builder
-	for _, cmd := range [][]string{{"iptables-save"}, {"ip6tables-save"}, {"ebtables", "-t", "filter", "-L"}} {
+	for _, cmd := range [][]string{{"iptables-save"}, {"ip6tables-save"}, {"ebtables", "-t", "nat", "-L"}} {
 		out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("%s: %v\n%s", cmd, err, out)
@@ -46,7 +46,7 @@ func TestFirewallReal(t *testing.T) {
 		run(t, cmd, "-t", "raw", "-N", "uml-dns-admin")
 		run(t, cmd, "-t", "raw", "-A", "PREROUTING", "-m", "comment", "--comment", "jumps to uml-dns-spoof", "-j", "uml-dns-admin")
 	}
-	run(t, "ebtables", "-t", "filter", "-A", "FORWARD", "-i", "uml-dns", "-j", "ACCEPT")
+	run(t, "ebtables", "-t", "nat", "-A", "PREROUTING", "-i", "uml-dns", "-j", "ACCEPT")
 	if err := fw.Apply(ctx, "dns-2", bastionRules(t, "dns-2")); err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestFirewallReal(t *testing.T) {
 func snapshotCounters(t *testing.T) string {
 	t.Helper()
 	var sb strings.Builder
-	for _, cmd := range [][]string{{"iptables-save", "-c"}, {"ip6tables-save", "-c"}, {"ebtables", "-t", "filter", "-L", "--Lc"}} {
+	for _, cmd := range [][]string{{"iptables-save", "-c"}, {"ip6tables-save", "-c"}, {"ebtables", "-t", "nat", "-L", "--Lc"}} {
 		out, _ := exec.Command(cmd[0], cmd[1:]...).CombinedOutput()
 		sb.Write(out)
 	}

@@ -56,8 +56,8 @@ COMMIT
 -A PREROUTING -m comment --comment "jumps to uml-dns-spoof" -j uml-dns-admin
 COMMIT
 `,
-	Bridge: `*filter
--A FORWARD -i uml-dns -j ACCEPT
+	Bridge: `*nat
+-A PREROUTING -i uml-dns -j ACCEPT
 COMMIT
 `,
 }

@@ -52,11 +52,12 @@ type RuleSet []Table
 // alone.
 const (
 	spoofSuffix  = "-spoof"  // raw: sources the guest does not own
+	ndSuffix     = "-nd"     // raw, IPv6: neighbour advertisements for others
 	outSuffix    = "-out"    // mangle: what the guest opens (ConnectOut=)
 	inSuffix     = "-in"     // mangle: what others open to it (AcceptIn=)
 	hostSuffix   = "-host"   // mangle: what the host opens to it (HostAccess=)
 	acceptSuffix = "-accept" // filter: what passed, past a FORWARD policy of DROP
-	linkSuffix   = "-link"   // ebtables filter: MAC, ARP and ethertypes
+	linkSuffix   = "-link"   // ebtables nat: MAC, ARP and ethertypes
 )
 
 // chainsOf lists, per family and table, the chains a guest may own.
@@ -68,10 +69,10 @@ var chainsOf = []struct {
 	{IPv4, "raw", []string{spoofSuffix}},
 	{IPv4, "mangle", []string{outSuffix, inSuffix, hostSuffix}},
 	{IPv4, "filter", []string{acceptSuffix}},
-	{IPv6, "raw", []string{spoofSuffix}},
+	{IPv6, "raw", []string{spoofSuffix, ndSuffix}},
 	{IPv6, "mangle", []string{outSuffix, inSuffix, hostSuffix}},
 	{IPv6, "filter", []string{acceptSuffix}},
-	{Bridge, "filter", []string{linkSuffix}},
+	{Bridge, "nat", []string{linkSuffix}},
 }
 
 // maxBase keeps every chain name within iptables' 28 bytes and every log
@@ -118,9 +119,19 @@ type Addrs map[string][]netip.Addr
 //   - filter FORWARD → BASE-accept: what the mangle chains let through is
 //     accepted, even where the host's FORWARD policy is DROP.
 //
-// And in ebtables, filter INPUT and FORWARD → BASE-link: frames from the
-// tap with another source MAC, ARP with another sender, and any ethertype
-// but IPv4, IPv6 and ARP (VLAN tags would hide packets from iptables).
+// And in ebtables, nat PREROUTING → BASE-link: frames from the tap with
+// another source MAC, ARP with another sender, and any ethertype but IPv4,
+// IPv6 and ARP (VLAN tags would hide packets from iptables). nat, because
+// its PREROUTING runs before the bridge learns where a MAC is: a forged
+// frame dropped later would still draw another host's traffic to the tap.
+//
+// IPv6 neighbour discovery is fenced like ARP: the guest may advertise
+// only its own addresses (BASE-nd) and no routes (router advertisements
+// and redirects are dropped).
+//
+// Replies pass only for connections the guest is a party to, and what
+// others open to it only when addressed to it: a frame the bridge floods
+// to every port is not the guest's.
 func Rules(g *config.Guest, addrs Addrs) (RuleSet, error) {
 	n := g.Network
 	if n == nil {
@@ -206,7 +217,20 @@ func (b builder) spoof(f Family) Table {
 	for _, a := range own {
 		rules = append(rules, Rule{"-s", a, "-j", "RETURN"})
 	}
+	var chains []Chain
 	if f == IPv6 && len(own) > 0 {
+		nd := b.chain(ndSuffix)
+		for _, t := range []string{"134", "137"} { // router advertisement, redirect
+			icmp := Rule{"-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", t}
+			rules = append(append(rules, b.logged(spoofReason, icmp)...), append(icmp, "-j", "DROP"))
+		}
+		rules = append(rules, Rule{"-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", "136", "-j", nd})
+		var ndRules []Rule
+		for _, a := range append(own, linkLocal(b.n.MAC).String()+"/128") {
+			ndRules = append(ndRules, Rule{"-m", "u32", "--u32", targetIs(netip.MustParsePrefix(a).Addr()), "-j", "RETURN"})
+		}
+		ndRules = append(append(ndRules, b.logRule(spoofReason)...), Rule{"-j", "DROP"})
+		chains = append(chains, Chain{nd, ndRules})
 		// Neighbour discovery comes from the link-local address the guest's
 		// kernel derives from its MAC, and duplicate address detection
 		// from no address at all.
@@ -224,9 +248,30 @@ func (b builder) spoof(f Family) Table {
 	rules = append(rules, Rule{"-j", "DROP"})
 	name := b.chain(spoofSuffix)
 	return Table{Family: f, Name: "raw",
-		Chains: []Chain{{name, rules}},
+		Chains: append([]Chain{{name, rules}}, chains...),
 		Jumps:  []Jump{jump("PREROUTING", b.physIn(), name)},
 	}
+}
+
+// targetIs is a u32 match for a neighbour advertisement for a: ICMPv6 right
+// after the IPv6 header (no extension headers to hide behind), and a as its
+// target address.
+func targetIs(a netip.Addr) string {
+	b := a.As16()
+	words := []string{"4>>8&0xFF=58"}
+	for i := 0; i < 16; i += 4 {
+		words = append(words, fmt.Sprintf("%d=0x%02x%02x%02x%02x", 48+i, b[i], b[i+1], b[i+2], b[i+3]))
+	}
+	return strings.Join(words, "&&")
+}
+
+// logged is the rule that logs what match drops, unless Log=no.
+func (b builder) logged(reason string, match Rule) []Rule {
+	var out []Rule
+	for _, l := range b.logRule(reason) {
+		out = append(out, append(append(Rule{}, match...), l...))
+	}
+	return out
 }
 
 // ndpOut and ndpIn are the ICMPv6 types neighbour discovery needs: router
@@ -242,11 +287,17 @@ func (b builder) policy(f Family) (Table, error) {
 	out, in, host := b.chain(outSuffix), b.chain(inSuffix), b.chain(hostSuffix)
 	t := Table{Family: f, Name: "mangle"}
 
-	outRules, err := b.allow(f, fw.ConnectOut, "-d", ndpOut, nil)
+	outRules, err := b.allow(f, fw.ConnectOut, "-d", ndpOut, nil, nil)
 	if err != nil {
 		return t, err
 	}
-	inRules, err := b.allow(f, fw.AcceptIn, "-s", ndpIn, nil)
+	// What is bridged to the tap need not be for the guest: the bridge
+	// floods frames for unknown MACs to every port.
+	dst := b.own(f)
+	if f == IPv6 {
+		dst = append(dst, linkLocal(b.n.MAC).String()+"/128")
+	}
+	inRules, err := b.allow(f, fw.AcceptIn, "-s", ndpIn, dst, nil)
 	if err != nil {
 		return t, err
 	}
@@ -256,7 +307,7 @@ func (b builder) policy(f Family) (Table, error) {
 	if r := b.g.Ready; r.Kind == config.ReadyTCP && len(b.n.Addresses) > 0 && family(b.n.Addresses[0].Addr()) == f {
 		probe = []Rule{{"-p", "tcp", "-m", "tcp", "--dport", strconv.Itoa(int(r.Port)), "-m", "owner", "--uid-owner", "0", "-m", "conntrack", "--ctstate", "NEW", "-j", "RETURN"}}
 	}
-	hostRules, err := b.allow(f, fw.HostAccess, "-s", ndpIn, probe)
+	hostRules, err := b.allow(f, fw.HostAccess, "-s", ndpIn, dst, probe)
 	if err != nil {
 		return t, err
 	}
@@ -269,7 +320,7 @@ func (b builder) policy(f Family) (Table, error) {
 	for _, a := range b.own(f) {
 		t.Jumps = append(t.Jumps, jump("FORWARD", b.routedTo(a), in))
 	}
-	for _, a := range b.own(f) {
+	for _, a := range dst {
 		t.Jumps = append(t.Jumps, jump("OUTPUT", Rule{"-d", a, "-o", b.n.Bridge}, host))
 	}
 	return t, nil
@@ -277,9 +328,22 @@ func (b builder) policy(f Family) (Table, error) {
 
 // allow is a policy chain: replies, neighbour discovery (IPv6 only, and
 // only for a guest with IPv6 addresses), extra, the rules (peerFlag says
-// whether the peer is the destination or the source), and a logged drop.
-func (b builder) allow(f Family, rules []config.Rule, peerFlag string, ndp []string, extra []Rule) ([]Rule, error) {
-	out := []Rule{{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"}}
+// whether the peer is the destination or the source; with dst, only to
+// those addresses), and a logged drop.
+func (b builder) allow(f Family, rules []config.Rule, peerFlag string, ndp []string, dst []string, extra []Rule) ([]Rule, error) {
+	var out []Rule
+	// Replies, and ICMP errors, of the guest's own connections only: one
+	// it opened, or one opened to it. Without addresses to tell them by
+	// (AntiSpoofing=no), all.
+	est := Rule{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"}
+	for _, a := range b.own(f) {
+		for _, party := range []string{"--ctorigsrc", "--ctreplsrc"} {
+			out = append(out, append(append(Rule{}, est...), party, a, "-j", "RETURN"))
+		}
+	}
+	if len(b.own(f)) == 0 {
+		out = append(out, append(est, "-j", "RETURN"))
+	}
 	if f == IPv6 && len(b.own(IPv6)) > 0 {
 		for _, t := range ndp {
 			out = append(out, Rule{"-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", t, "-j", "RETURN"})
@@ -291,7 +355,15 @@ func (b builder) allow(f Family, rules []config.Rule, peerFlag string, ndp []str
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, rs...)
+		if len(dst) == 0 {
+			out = append(out, rs...)
+			continue
+		}
+		for _, d := range dst {
+			for _, r := range rs {
+				out = append(out, append(Rule{"-d", d}, r...))
+			}
+		}
 	}
 	out = append(out, b.logRule(policyReason)...)
 	return append(out, Rule{"-j", "DROP"}), nil
@@ -304,7 +376,12 @@ func (b builder) rule(f Family, r config.Rule, peerFlag string) ([]Rule, error) 
 	if !ok {
 		return nil, nil
 	}
+	// Connections start NEW; ICMP errors and neighbour discovery are
+	// never NEW, so icmp rules match the type alone.
 	tail := append(proto, "-m", "conntrack", "--ctstate", "NEW", "-j", "RETURN")
+	if r.Proto == config.ICMP {
+		tail = append(proto, "-j", "RETURN")
+	}
 	if r.Peer == nil {
 		return []Rule{tail}, nil
 	}
@@ -424,10 +501,9 @@ func (b builder) link() Table {
 	rules = append(rules, Rule{"-p", "IPv4", "-j", "RETURN"}, Rule{"-p", "IPv6", "-j", "RETURN"})
 	drop(nil)
 	name := b.chain(linkSuffix)
-	in := Rule{"-i", b.n.Tap}
-	return Table{Family: Bridge, Name: "filter",
+	return Table{Family: Bridge, Name: "nat",
 		Chains: []Chain{{name, rules}},
-		Jumps:  []Jump{jump("FORWARD", in, name), jump("INPUT", in, name)},
+		Jumps:  []Jump{jump("PREROUTING", Rule{"-i", b.n.Tap}, name)},
 	}
 }
 

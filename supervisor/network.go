@@ -85,7 +85,9 @@ func (s *Supervisor) prepareNetwork(ctx context.Context, p *plan, st *stateFile)
 		return nil, err
 	}
 	start := time.Now()
-	if err := s.net().Apply(ctx, g.Name, p.rules); err != nil {
+	// Not cut short by a stop: it takes milliseconds, and a stop then
+	// undoes it.
+	if err := s.net().Apply(context.WithoutCancel(ctx), g.Name, p.rules); err != nil {
 		return nil, fmt.Errorf("installing the guest's firewall: %w", err)
 	}
 	if err := st.add(record{Tap: &tapRecord{Name: n.Tap}}); err != nil {
@@ -121,13 +123,19 @@ func (s *Supervisor) logDrops(ctx context.Context, rs []record) {
 	}
 }
 
-// undoNetwork undoes a network record.
-func undoNetwork(ctx context.Context, hn HostNetwork, r record) error {
+// undoNetwork undoes a network record. tapLeft says that a tap of the
+// guest could not be deleted: its firewall then stays, because the guest's
+// kernel can make its tap outlive it (TUNSETPERSIST) and the tap must not
+// be left unfenced.
+func undoNetwork(ctx context.Context, hn HostNetwork, r record, tapLeft *bool) error {
 	switch {
 	case r.Tap != nil && r.Tap.Index != 0:
 		if err := hn.DeleteTap(r.Tap.Name, r.Tap.Index); err != nil {
+			*tapLeft = true
 			return fmt.Errorf("deleting the tap %s: %w", r.Tap.Name, err)
 		}
+	case r.Firewall != "" && *tapLeft:
+		return fmt.Errorf("kept the firewall of %s, because its tap is still there; delete the tap (ip link delete) and run uml-supervisor cleanup %s", r.Firewall, r.Firewall)
 	case r.Firewall != "":
 		if err := hn.Teardown(ctx, r.Firewall); err != nil {
 			return fmt.Errorf("removing the firewall of %s: %w", r.Firewall, err)

@@ -166,6 +166,7 @@ func killGroup(p proc, timeout time.Duration) error {
 // supervisor did not create) and reported.
 func undo(ctx context.Context, hn HostNetwork, rs []record) error {
 	var errs []error
+	tapLeft := false
 	for i := len(rs) - 1; i >= 0; i-- {
 		r := rs[i]
 		switch {
@@ -174,7 +175,7 @@ func undo(ctx context.Context, hn HostNetwork, rs []record) error {
 				errs = append(errs, err)
 			}
 		case r.Firewall != "" || r.Tap != nil:
-			if err := undoNetwork(ctx, hn, r); err != nil {
+			if err := undoNetwork(ctx, hn, r, &tapLeft); err != nil {
 				errs = append(errs, err)
 			}
 		case r.Path != "":

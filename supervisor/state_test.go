@@ -175,7 +175,10 @@ func TestCleanupOfNothing(t *testing.T) {
 }
 
 // fakeNetwork records what is asked of the host's network.
-type fakeNetwork struct{ calls []string }
+type fakeNetwork struct {
+	calls      []string
+	tapIsStuck bool // DeleteTap fails
+}
 
 func (f *fakeNetwork) Apply(_ context.Context, guest string, _ netprep.RuleSet) error {
 	f.calls = append(f.calls, "apply "+guest)
@@ -198,27 +201,34 @@ func (f *fakeNetwork) Drops(_ context.Context, guest string) (netprep.Drops, err
 
 func (f *fakeNetwork) DeleteTap(name string, index int) error {
 	f.calls = append(f.calls, fmt.Sprintf("delete tap %s %d", name, index))
+	if f.tapIsStuck {
+		return errors.New("stuck")
+	}
 	return nil
 }
 
 // TestCleanupUndoesTheNetwork: after a crash, the tap that was made is
 // deleted (by name and index: never another interface of that name), then
-// the firewall is torn down; a tap recorded but never made is left alone.
+// the firewall is torn down; a tap recorded but never made is left alone;
+// a tap that cannot be deleted keeps its firewall.
 func TestCleanupUndoesTheNetwork(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		records []record
 		want    []string
+		stuck   bool
 	}{
+		{"tap cannot be deleted", []record{{Firewall: "web"}, {Tap: &tapRecord{Name: "uml-web", Index: 7}}},
+			[]string{"drops web", "delete tap uml-web 7"}, true},
 		{"tap made", []record{{Firewall: "web"}, {Tap: &tapRecord{Name: "uml-web"}}, {Tap: &tapRecord{Name: "uml-web", Index: 7}}},
-			[]string{"drops web", "delete tap uml-web 7", "teardown web"}},
+			[]string{"drops web", "delete tap uml-web 7", "teardown web"}, false},
 		{"crashed opening the tap", []record{{Firewall: "web"}, {Tap: &tapRecord{Name: "uml-web"}}},
-			[]string{"drops web", "teardown web"}},
-		{"crashed in the firewall", []record{{Firewall: "web"}}, []string{"drops web", "teardown web"}},
+			[]string{"drops web", "teardown web"}, false},
+		{"crashed in the firewall", []record{{Firewall: "web"}}, []string{"drops web", "teardown web"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			root := t.TempDir()
-			hn := &fakeNetwork{}
+			hn := &fakeNetwork{tapIsStuck: tc.stuck}
 			s := &Supervisor{RuntimeDir: root, Log: discardLog{}, Net: hn}
 			l := NewLayout(root, "web")
 			if err := os.MkdirAll(l.Dir, 0o700); err != nil {
@@ -234,8 +244,9 @@ func TestCleanupUndoesTheNetwork(t *testing.T) {
 				}
 			}
 			st.close()
-			if err := s.Cleanup(t.Context(), "web"); err != nil {
-				t.Fatal(err)
+			err = s.Cleanup(t.Context(), "web")
+			if (err != nil) != tc.stuck {
+				t.Fatalf("Cleanup: %v", err)
 			}
 			if diff := cmp.Diff(tc.want, hn.calls); diff != "" {
 				t.Errorf("network calls (-want +got):\n%s", diff)
