@@ -142,6 +142,7 @@ ConnectOut=udp/53
 		{"VLAN tag", ether(brMAC, mac, 0x8100, append([]byte{0, 5, 8, 0}, udp4("10.1.1.99", "10.1.1.1", 53)...))},
 		{"own neighbour advertisement", ether(brMAC, mac, 0x86dd, icmp6(linkLocal(mac).String(), "fe80::1", 136, neighbourAdvert("fd00:1::10", mac)))},
 		{"forged neighbour advertisement", ether(brMAC, mac, 0x86dd, icmp6(linkLocal(mac).String(), "fe80::1", 136, neighbourAdvert("fd00:1::1", mac)))},
+		{"forged neighbour advertisement from its own address", ether(brMAC, mac, 0x86dd, icmp6("fd00:1::10", "fd00:1::1", 136, neighbourAdvert("fd00:1::1", mac)))},
 		{"router advertisement", ether(brMAC, mac, 0x86dd, icmp6(linkLocal(mac).String(), "ff02::1", 134, make([]byte, 12)))},
 	}
 	for _, f := range frames {
@@ -149,7 +150,7 @@ ConnectOut=udp/53
 			t.Fatalf("writing the %s frame: %v", f.name, err)
 		}
 	}
-	want := Drops{Spoofed: 7, Policy: 1}
+	want := Drops{Spoofed: 8, Policy: 1}
 	var got Drops
 	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if got, err = fw.Drops(t.Context(), g.Name); err != nil {

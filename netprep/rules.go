@@ -214,11 +214,10 @@ func jump(from string, match Rule, to string) Jump {
 func (b builder) spoof(f Family) Table {
 	var rules []Rule
 	own := b.own(f)
-	for _, a := range own {
-		rules = append(rules, Rule{"-s", a, "-j", "RETURN"})
-	}
 	var chains []Chain
 	if f == IPv6 && len(own) > 0 {
+		// Neighbour discovery first: it can lie from the guest's own
+		// source address.
 		nd := b.chain(ndSuffix)
 		for _, t := range []string{"134", "137"} { // router advertisement, redirect
 			icmp := Rule{"-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", t}
@@ -231,6 +230,11 @@ func (b builder) spoof(f Family) Table {
 		}
 		ndRules = append(append(ndRules, b.logRule(spoofReason)...), Rule{"-j", "DROP"})
 		chains = append(chains, Chain{nd, ndRules})
+	}
+	for _, a := range own {
+		rules = append(rules, Rule{"-s", a, "-j", "RETURN"})
+	}
+	if f == IPv6 && len(own) > 0 {
 		// Neighbour discovery comes from the link-local address the guest's
 		// kernel derives from its MAC, and duplicate address detection
 		// from no address at all.
