@@ -121,10 +121,20 @@ sleep 1
 kill $syslog
 say syslog sent
 
-# A forged IPv4 source.
+# A forged IPv4 source: a ping, and a syslog message to the log server,
+# which the policy allows.
 ip addr add 10.1.1.99/32 dev vec0
 ok spoof-ipv4 ping -c 1 -W 2 -I 10.1.1.99 10.1.1.1
+ip route add 10.2.2.3/32 via 10.1.1.1 src 10.1.1.99
+syslogd -n -R 10.2.2.3:514 &
+syslog=$!
+sleep 0.5
+logger -t umlsd-probe "` + syslogForged + ` from $(hostname)"
+sleep 1
+kill $syslog
+ip route del 10.2.2.3/32
 ip addr del 10.1.1.99/32 dev vec0
+say spoof-syslog sent
 
 # A forged IPv6 source.
 ip -6 addr add fd00:1::99/128 dev vec0
@@ -156,8 +166,10 @@ const (
 	goAddress = "10.1.1.2"
 	// forgedMAC is the MAC the guest's probe forges.
 	forgedMAC = "02:00:00:00:00:99"
-	// syslogProbe is what the guest's probe sends to syslog servers.
-	syslogProbe = "UMLSD-SYSLOG-PROBE"
+	// syslogProbe is what the guest's probe sends to syslog servers, and
+	// syslogForged what it sends with a forged source.
+	syslogProbe  = "UMLSD-SYSLOG-PROBE"
+	syslogForged = "UMLSD-SYSLOG-FORGED"
 )
 
 // dnsImageFile builds the DNS guest's image, dns.img: busybox, dnsmasq and
@@ -423,6 +435,7 @@ func probeResults(t *testing.T, m *testbed.Machine, unit string) map[string]stri
 type dropCounts struct {
 	spoof4, spoof6 int    // iptables and ip6tables raw BASE-spoof
 	mac, arp       int    // ebtables BASE-link: by source MAC, and ARP
+	linkTable      string // the ebtables table of BASE-link
 	listing        string // the chains, for messages
 }
 
@@ -472,6 +485,7 @@ func drops(t *testing.T, m *testbed.Machine, name string) dropCounts {
 	d.spoof4, l4 = iptablesDrops(t, m, "iptables", "raw", "uml-"+name+"-spoof")
 	d.spoof6, l6 = iptablesDrops(t, m, "ip6tables", "raw", "uml-"+name+"-spoof")
 	table, link := linkChain(t, m, "uml-"+name+"-link")
+	d.linkTable = table
 	for _, line := range strings.Split(link, "\n") {
 		match := ebtablesDrop.FindStringSubmatch(line)
 		if match == nil {
@@ -603,6 +617,7 @@ func TestNetworkDNSGuest(t *testing.T) {
 	m := bootNetwork(t, map[string]string{
 		"dns":     dnsGuestConf(bastion, "umlsd.probes", "10.1.1.10/24", "fd00:1::10/64"),
 		"slowdns": dnsGuestConf("AcceptIn=udp/53 tcp/53\n", "umlsd.slowdns", "10.1.1.14/24"),
+		"killed":  dnsGuestConf(bastion+"[Service]\nRestart=no\n", "umlsd.none", "10.1.1.15/24", "fd00:1::15/64"),
 	})
 	kernelLog := hostKernelLog(t)
 	const unit = "uml@dns.service"
@@ -611,7 +626,7 @@ func TestNetworkDNSGuest(t *testing.T) {
 	m.MustRun(t, "ip", "addr", "add", goAddress+"/24", "dev", "br0")
 	probes := probeResults(t, m, unit)
 	after := drops(t, m, "dns")
-	t.Logf("the guest's probes: %v", probes)
+	t.Logf("the guest's probes: %v; uml-dns-link is in the ebtables table %s", probes, after.linkTable)
 
 	t.Run("DNS from the bridge", func(t *testing.T) {
 		for _, q := range []struct{ server, name, want string }{
@@ -710,6 +725,11 @@ func TestNetworkDNSGuest(t *testing.T) {
 				t.Logf("%s logged: %s", c.what, line)
 			}
 		}
+		// The guest's forged syslog message (udp/514 to the log server,
+		// which its policy allows) did not arrive; its own did.
+		if logged := m.MustRun(t, "cat", "/run/umlsd-test/syslog-10.2.2.3.log"); strings.Contains(logged, syslogForged) {
+			t.Errorf("the log server got the guest's syslog message from a forged source:\n%s", logged)
+		}
 		if t.Failed() {
 			t.Logf("before the probes:\n%s\nafter:\n%s\nhost kernel log:\n%s", before.listing, after.listing, log)
 		}
@@ -739,7 +759,25 @@ func TestNetworkDNSGuest(t *testing.T) {
 		requireNoNetworkLeft(t, m, "dns")
 	})
 
-	t.Run("kill -9 of the supervisor leaves nothing", func(t *testing.T) {
+	t.Run("kill -9 of the supervisor, then stop, leaves nothing", func(t *testing.T) {
+		// Without a restart: what is left is what the killed supervisor
+		// left, undone by ExecStopPost=.
+		const unit = "uml@killed.service"
+		timedStart(t, m, unit)
+		m.MustRun(t, "systemctl", "kill", "--kill-whom=main", "--signal=SIGKILL", unit)
+		deadline := time.Now().Add(30 * time.Second)
+		for show(t, m, unit, "ActiveState") != "failed" {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not fail after its supervisor was killed:\n%s", unit, unitContext(t, m, unit))
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		waitJournal(t, m, unit, "undoing what the supervisor of killed left behind")
+		m.MustRun(t, "systemctl", "stop", unit)
+		requireNoNetworkLeft(t, m, "killed")
+	})
+
+	t.Run("kill -9 of the supervisor, restart, then stop, leaves nothing", func(t *testing.T) {
 		timedStart(t, m, unit)
 		m.MustRun(t, "systemctl", "kill", "--kill-whom=main", "--signal=SIGKILL", unit)
 		deadline := time.Now().Add(60 * time.Second)
