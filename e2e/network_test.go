@@ -656,8 +656,10 @@ func TestNetworkDNSGuest(t *testing.T) {
 			if c.netns != "" {
 				from = "the " + c.netns
 			}
-			if got := connect(t, m, c.netns, "10.1.1.10", c.port); got != c.want {
-				t.Errorf("tcp/%s from %s: %q, want %q (\"\": no connection)", c.port, from, got, c.want)
+			for _, addr := range []string{"10.1.1.10", "fd00:1::10"} {
+				if got := connect(t, m, c.netns, addr, c.port); got != c.want {
+					t.Errorf("tcp/%s on %s from %s: %q, want %q (\"\": no connection)", c.port, addr, from, got, c.want)
+				}
 			}
 		}
 		if t.Failed() {
