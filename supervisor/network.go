@@ -115,10 +115,12 @@ func (s *Supervisor) logDrops(ctx context.Context, rs []record) {
 		switch {
 		case err != nil:
 			s.Log.Event(journal.PriWarning, fmt.Sprintf("reading the firewall's counters: %v", err))
-		case d.Spoofed > 0:
-			s.Log.Event(journal.PriWarning, fmt.Sprintf("the firewall dropped %d forged and %d disallowed packets from or to the guest", d.Spoofed, d.Policy))
 		default:
-			s.Log.Event(journal.PriInfo, fmt.Sprintf("the firewall dropped %d forged and %d disallowed packets from or to the guest", d.Spoofed, d.Policy))
+			pri := journal.PriInfo
+			if d.Spoofed > 0 {
+				pri = journal.PriWarning
+			}
+			s.Log.Event(pri, fmt.Sprintf("the firewall dropped %d packets from the guest with a source that is not its own, and %d its policy does not allow", d.Spoofed, d.Policy))
 		}
 	}
 }
