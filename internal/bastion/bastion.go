@@ -312,7 +312,7 @@ var listeners = []struct{ name, netns, cmd string }{
 // Boot boots a machine with umlsd installed, dns.img, the given
 // guest configurations and `10.2.2.3 logserver` in /etc/hosts, builds the
 // test network in it and starts its listeners, and checks that the network
-// works without any guest.
+// works without any guest; then sets the FORWARD policy to DROP.
 func Boot(t *testing.T, configs map[string]string) *testbed.Machine {
 	t.Helper()
 	testbed.RequireRoot(t)
@@ -362,6 +362,11 @@ func Boot(t *testing.T, configs map[string]string) *testbed.Machine {
 			t.Fatalf("the test network does not work without any guest:\n%s\n%s", strings.Join(errs, "\n"), NetState(t, m))
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	// From now on the machine forwards nothing by itself, as a host with
+	// Docker does not: what the guests' policies allow must pass anyway.
+	for _, cmd := range []string{"iptables", "ip6tables"} {
+		m.MustRun(t, cmd, "-P", "FORWARD", "DROP")
 	}
 	return m
 }
