@@ -39,8 +39,7 @@ func probeResults(t *testing.T, m *testbed.Machine, unit string) map[string]stri
 // chains counted.
 type dropCounts struct {
 	spoof4, spoof6 int    // iptables and ip6tables raw BASE-spoof
-	mac, arp       int    // ebtables BASE-link: by source MAC, and ARP
-	linkTable      string // the ebtables table of BASE-link
+	mac, arp       int    // ebtables nat BASE-link: by source MAC, and ARP
 	listing        string // the chains, for messages
 }
 
@@ -64,21 +63,8 @@ func iptablesDrops(t *testing.T, m *testbed.Machine, cmd, table, chain string) (
 	return sum, fmt.Sprintf("$ %s -t %s -L %s -v -n -x\n%s", cmd, table, chain, out)
 }
 
-// linkChain lists the guest's ebtables chain with its counters, from the
-// table that holds it.
-func linkChain(t *testing.T, m *testbed.Machine, chain string) (table, listing string) {
-	t.Helper()
-	for _, table := range ebtablesTables {
-		if out, _, err := m.Run(t.Context(), "ebtables", "-t", table, "-L", chain, "--Lc"); err == nil {
-			return table, out
-		}
-	}
-	t.Fatalf("no ebtables table has the chain %s:\n%s", chain, bastion.NetState(t, m))
-	return "", ""
-}
-
-// ebtablesTables are the ebtables tables a guest's chain may be in (a table
-// nothing has used does not exist).
+// ebtablesTables are the ebtables tables where something of a guest could
+// be left (a table nothing has used does not exist).
 var ebtablesTables = []string{"filter", "nat"}
 
 var ebtablesDrop = regexp.MustCompile(`-j DROP , pcnt = (\d+) `)
@@ -89,8 +75,10 @@ func drops(t *testing.T, m *testbed.Machine, name string) dropCounts {
 	var l4, l6 string
 	d.spoof4, l4 = iptablesDrops(t, m, "iptables", "raw", "uml-"+name+"-spoof")
 	d.spoof6, l6 = iptablesDrops(t, m, "ip6tables", "raw", "uml-"+name+"-spoof")
-	table, link := linkChain(t, m, "uml-"+name+"-link")
-	d.linkTable = table
+	link, stderr, err := m.Run(t.Context(), "ebtables", "-t", "nat", "-L", "uml-"+name+"-link", "--Lc")
+	if err != nil {
+		t.Fatalf("ebtables -t nat -L uml-%s-link: %v: %s\n%s", name, err, stderr, bastion.NetState(t, m))
+	}
 	for _, line := range strings.Split(link, "\n") {
 		match := ebtablesDrop.FindStringSubmatch(line)
 		if match == nil {
@@ -104,7 +92,7 @@ func drops(t *testing.T, m *testbed.Machine, name string) dropCounts {
 			d.arp += n
 		}
 	}
-	d.listing = fmt.Sprintf("%s%s$ ebtables -t %s -L uml-%s-link --Lc\n%s", l4, l6, table, name, link)
+	d.listing = fmt.Sprintf("%s%s$ ebtables -t nat -L uml-%s-link --Lc\n%s", l4, l6, name, link)
 	return d
 }
 
@@ -211,7 +199,7 @@ func TestNetworkDNSGuest(t *testing.T) {
 	m.MustRun(t, "ip", "addr", "add", bastion.GoAddress+"/24", "dev", "br0")
 	probes := probeResults(t, m, unit)
 	after := drops(t, m, "dns")
-	t.Logf("the guest's probes: %v; uml-dns-link is in the ebtables table %s", probes, after.linkTable)
+	t.Logf("the guest's probes: %v", probes)
 
 	t.Run("DNS from the bridge", func(t *testing.T) {
 		for _, q := range []struct{ server, name, want string }{

@@ -193,6 +193,9 @@ func family(a netip.Addr) Family {
 	return IPv6
 }
 
+// linkLocal is the guest's IPv6 link-local address, as a prefix.
+func (b builder) linkLocal() string { return linkLocal(b.n.MAC).String() + "/128" }
+
 // physIn matches what enters from the guest's tap.
 func (b builder) physIn() Rule { return Rule{"-m", "physdev", "--physdev-in", b.n.Tap} }
 
@@ -225,7 +228,7 @@ func (b builder) spoof(f Family) Table {
 		}
 		rules = append(rules, Rule{"-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", "136", "-j", nd})
 		var ndRules []Rule
-		for _, a := range append(own, linkLocal(b.n.MAC).String()+"/128") {
+		for _, a := range append(own, b.linkLocal()) {
 			ndRules = append(ndRules, Rule{"-m", "u32", "--u32", targetIs(netip.MustParsePrefix(a).Addr()), "-j", "RETURN"})
 		}
 		ndRules = append(append(ndRules, b.logRule(spoofReason)...), Rule{"-j", "DROP"})
@@ -239,7 +242,7 @@ func (b builder) spoof(f Family) Table {
 		// kernel derives from its MAC, and duplicate address detection
 		// from no address at all.
 		rules = append(rules,
-			Rule{"-s", linkLocal(b.n.MAC).String() + "/128", "-j", "RETURN"},
+			Rule{"-s", b.linkLocal(), "-j", "RETURN"},
 			Rule{"-s", "::/128", "-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", "135", "-j", "RETURN"},
 			Rule{"-s", "::/128", "-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", "143", "-j", "RETURN"},
 		)
@@ -299,7 +302,7 @@ func (b builder) policy(f Family) (Table, error) {
 	// floods frames for unknown MACs to every port.
 	dst := b.own(f)
 	if f == IPv6 {
-		dst = append(dst, linkLocal(b.n.MAC).String()+"/128")
+		dst = append(dst, b.linkLocal())
 	}
 	inRules, err := b.allow(f, fw.AcceptIn, "-s", ndpIn, dst, nil)
 	if err != nil {
