@@ -3,7 +3,6 @@ package netprep
 import (
 	"errors"
 	"net"
-	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -28,14 +27,7 @@ import (
 func inNewNetns(t testing.TB) {
 	t.Helper()
 	testbed.RequireRoot(t)
-	if _, err := os.Stat(tunDevice); err != nil {
-		// As testbed.RequireRoot: a skip locally, a failure in CI.
-		msg := "test needs " + tunDevice + " (CONFIG_TUN): " + err.Error()
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s (CI=true: a skipped privileged test is a failure)", msg)
-		}
-		t.Skip(msg)
-	}
+	testbed.RequireFile(t, tunDevice, "the kernel's tun driver, CONFIG_TUN")
 	runtime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {

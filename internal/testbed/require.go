@@ -52,8 +52,12 @@ func packageOf(program string) string {
 		return "busybox-static"
 	case "mke2fs", "e2fsck":
 		return "e2fsprogs"
-	case "iptables":
+	case "iptables", "ip6tables", "ebtables":
 		return "iptables"
+	case "dnsmasq":
+		return "dnsmasq-base"
+	case "dig":
+		return "bind9-dnsutils"
 	case "ip":
 		return "iproute2"
 	case "make":
@@ -62,6 +66,16 @@ func packageOf(program string) string {
 		return "pkg-config"
 	}
 	return ""
+}
+
+// RequireFile skips the test when path does not exist, with the same rule
+// as RequireRoot: in CI (CI=true) it fails the test. what says what the
+// file is.
+func RequireFile(t testing.TB, path, what string) {
+	t.Helper()
+	if _, err := os.Stat(path); err != nil {
+		skipOrFail(t, "test needs %s (%s): %v", path, what, err)
+	}
 }
 
 // RequireCommands skips the test when one of the programs is not in PATH,
