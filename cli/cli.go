@@ -1,0 +1,130 @@
+// Package cli is umlctl, the administrator's tool: one cobra command per
+// verb, each reaching the host through Env so that tests can replace
+// systemd, the supervisors and the clock.
+//
+// Exit statuses follow systemctl's, so that scripts can rely on them:
+// 0 success, 1 failure, 2 usage error, 3 the guest is not running (for
+// the verbs that need it running), 4 no such guest.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"umlsd/config"
+)
+
+// Exit statuses.
+const (
+	ExitFailure    = 1
+	ExitUsage      = 2
+	ExitNotRunning = 3
+	ExitNoGuest    = 4
+)
+
+// ExitError is an error with the exit status it should give.
+type ExitError struct {
+	Status int
+	Err    error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// ExitStatus is the exit status for err: 0 for nil, ExitError's status, or
+// ExitFailure.
+func ExitStatus(err error) int {
+	if err == nil {
+		return 0
+	}
+	var e *ExitError
+	if errors.As(err, &e) {
+		return e.Status
+	}
+	return ExitFailure
+}
+
+func exitErrorf(status int, format string, args ...any) error {
+	return &ExitError{Status: status, Err: fmt.Errorf(format, args...)}
+}
+
+// Env is what umlctl reaches the host through.
+type Env struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+
+	// ConfigDir holds the guests' configurations (/etc/uml).
+	ConfigDir string
+	// RuntimeDir holds the running guests' runtime directories (/run/uml),
+	// where each supervisor's control socket is.
+	RuntimeDir string
+}
+
+// HostEnv is the Env of the host umlctl runs on. UMLSD_CONFIG_DIR and
+// UMLSD_RUNTIME_DIR override the directories, as for uml-supervisor.
+func HostEnv(stdin io.Reader, stdout, stderr io.Writer) *Env {
+	return &Env{
+		Stdin:      stdin,
+		Stdout:     stdout,
+		Stderr:     stderr,
+		ConfigDir:  envOr("UMLSD_CONFIG_DIR", config.DefaultDir),
+		RuntimeDir: envOr("UMLSD_RUNTIME_DIR", "/run/uml"),
+	}
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// Run runs umlctl with args (without the program name). Errors are
+// printed to env.Stderr, prefixed with "umlctl: ".
+func Run(ctx context.Context, args []string, env *Env) error {
+	root := newRootCmd(env)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "umlctl: %v\n", err)
+	}
+	return err
+}
+
+func newRootCmd(env *Env) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "umlctl",
+		Short: "Manage User-Mode Linux guests run by umlsd",
+		Long: `umlctl manages the User-Mode Linux guests that umlsd runs as uml@NAME.service,
+one per configuration file /etc/uml/NAME.conf.`,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+	}
+	root.SetIn(env.Stdin)
+	root.SetOut(env.Stdout)
+	root.SetErr(env.Stderr)
+	// Usage errors (unknown flags, wrong argument counts) exit 2.
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return &ExitError{Status: ExitUsage, Err: fmt.Errorf("%w; see %s --help", err, c.CommandPath())}
+	})
+	root.AddCommand(
+	// Each verb adds itself here.
+	)
+	return root
+}
+
+// args wraps a cobra positional-argument check so that a wrong count exits
+// with ExitUsage.
+func args(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(c *cobra.Command, a []string) error {
+		if err := check(c, a); err != nil {
+			return &ExitError{Status: ExitUsage, Err: fmt.Errorf("%w; see %s --help", err, c.CommandPath())}
+		}
+		return nil
+	}
+}
