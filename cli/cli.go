@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -63,6 +64,9 @@ type Env struct {
 	// RuntimeDir holds the running guests' runtime directories (/run/uml),
 	// where each supervisor's control socket is.
 	RuntimeDir string
+
+	Now     func() time.Time
+	Systemd func(context.Context) (systemd, error)
 }
 
 // HostEnv is the Env of the host umlctl runs on. UMLSD_CONFIG_DIR and
@@ -74,6 +78,8 @@ func HostEnv(stdin io.Reader, stdout, stderr io.Writer) *Env {
 		Stderr:     stderr,
 		ConfigDir:  envOr("UMLSD_CONFIG_DIR", config.DefaultDir),
 		RuntimeDir: envOr("UMLSD_RUNTIME_DIR", "/run/uml"),
+		Now:        time.Now,
+		Systemd:    dialSystemd,
 	}
 }
 
@@ -88,6 +94,9 @@ func envOr(key, def string) string {
 // printed to env.Stderr, prefixed with "umlctl: ".
 func Run(ctx context.Context, args []string, env *Env) error {
 	root := newRootCmd(env)
+	if args == nil {
+		args = []string{} // not os.Args
+	}
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	if err != nil {
@@ -102,6 +111,9 @@ func newRootCmd(env *Env) *cobra.Command {
 		Short: "Manage User-Mode Linux guests run by umlsd",
 		Long: `umlctl manages the User-Mode Linux guests that umlsd runs as uml@NAME.service,
 one per configuration file /etc/uml/NAME.conf.`,
+		// Without a verb, list the guests, as machinectl does.
+		Args:          args(cobra.NoArgs),
+		RunE:          func(c *cobra.Command, _ []string) error { return runList(c.Context(), env, false) },
 		SilenceErrors: true,
 		SilenceUsage:  true,
 	}
@@ -113,7 +125,10 @@ one per configuration file /etc/uml/NAME.conf.`,
 		return &ExitError{Status: ExitUsage, Err: fmt.Errorf("%w; see %s --help", err, c.CommandPath())}
 	})
 	root.AddCommand(
-	// Each verb adds itself here.
+		newListCmd(env),
+		newJobCmd(env, "start", "Start a guest and wait until it is ready"),
+		newJobCmd(env, "stop", "Shut a guest down cleanly and wait until it has stopped"),
+		newJobCmd(env, "restart", "Restart a guest and wait until it is ready again"),
 	)
 	return root
 }
