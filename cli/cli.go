@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"umlsd/config"
+	"umlsd/generator"
 )
 
 // Exit statuses.
@@ -63,6 +64,13 @@ type Env struct {
 	// RuntimeDir holds the running guests' runtime directories (/run/uml),
 	// where each supervisor's control socket is.
 	RuntimeDir string
+
+	// Units are the options the installed generator renders units with
+	// (check --units).
+	Units generator.Options
+	// Checker checks the host for a guest's start (check); nil is the
+	// host's own, supervisor.NewChecker.
+	Checker GuestChecker
 }
 
 // HostEnv is the Env of the host umlctl runs on. UMLSD_CONFIG_DIR and
@@ -113,7 +121,8 @@ one per configuration file /etc/uml/NAME.conf.`,
 		return &ExitError{Status: ExitUsage, Err: fmt.Errorf("%w; see %s --help", err, c.CommandPath())}
 	})
 	root.AddCommand(
-	// Each verb adds itself here.
+		// Each verb adds itself here.
+		newCheckCmd(env),
 	)
 	return root
 }
