@@ -31,7 +31,7 @@ FUZZTIME ?= 200000x
 DEB_PACKAGES := pkg-config systemd systemd-container user-mode-linux uml-utilities busybox-static e2fsprogs \
 	iproute2 iptables dnsmasq-base bind9-dnsutils
 
-COMMANDS := uml-generator uml-supervisor
+COMMANDS := uml-generator uml-supervisor umlctl
 UNITS    := uml@.service uml.target
 MANPAGES := uml.conf.5 uml-supervisor.8
 
@@ -39,7 +39,8 @@ all: build
 
 build: $(addprefix bin/,$(COMMANDS)) $(addprefix build/units/,$(UNITS)) $(addprefix build/man/,$(MANPAGES))
 
-# The generator links guests to the template where make install puts it.
+# The generator links guests to the template where make install puts it;
+# umlctl check --units prints the same links.
 LDFLAGS := -X main.templatePath=$(SYSTEMD_UNITDIR)/uml@.service
 
 # Real prerequisites, so that "sudo make install" after "make" only copies

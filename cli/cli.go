@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"umlsd/config"
+	"umlsd/generator"
 )
 
 // Exit statuses.
@@ -67,6 +68,12 @@ type Env struct {
 
 	Now     func() time.Time
 	Systemd func(context.Context) (systemd, error)
+	// Units are the options the installed generator renders units with
+	// (check --units).
+	Units generator.Options
+	// Checker checks the host for a guest's start (check); nil is the
+	// host's own, supervisor.NewChecker.
+	Checker GuestChecker
 }
 
 // HostEnv is the Env of the host umlctl runs on. UMLSD_CONFIG_DIR and
@@ -129,6 +136,7 @@ one per configuration file /etc/uml/NAME.conf.`,
 		newJobCmd(env, "start", "Start a guest and wait until it is ready"),
 		newJobCmd(env, "stop", "Shut a guest down cleanly and wait until it has stopped"),
 		newJobCmd(env, "restart", "Restart a guest and wait until it is ready again"),
+		newCheckCmd(env),
 	)
 	return root
 }

@@ -58,15 +58,21 @@ func (gen Generator) DryRun(w io.Writer) error {
 	}
 	gen.report(set)
 	for _, g := range set.Guests {
-		for _, f := range Render(g, gen.Options) {
-			if f.Link != "" {
-				fmt.Fprintf(w, "# %s -> %s\n", f.Path, f.Link)
-				continue
-			}
-			fmt.Fprintf(w, "# %s\n%s\n", f.Path, f.Data)
-		}
+		Print(w, Render(g, gen.Options))
 	}
 	return gen.result(set)
+}
+
+// Print writes files for a reader: each file's path as a comment, then its
+// contents; a link as "# PATH -> TARGET".
+func Print(w io.Writer, files []File) {
+	for _, f := range files {
+		if f.Link != "" {
+			fmt.Fprintf(w, "# %s -> %s\n", f.Path, f.Link)
+			continue
+		}
+		fmt.Fprintf(w, "# %s\n%s\n", f.Path, f.Data)
+	}
 }
 
 // report logs what was ignored and what failed.

@@ -31,6 +31,10 @@ const (
 // override.conf, so "systemctl edit" still wins.
 const DropInName = "10-umlsd.conf"
 
+// DefaultTemplate is where uml@.service is installed unless the build says
+// otherwise (the Makefile sets main.templatePath from pkg-config).
+const DefaultTemplate = "/lib/systemd/system/uml@.service"
+
 // Options shape the rendered units.
 type Options struct {
 	// Template is the installed uml@.service, the target of the .wants/

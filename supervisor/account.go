@@ -16,7 +16,20 @@ import (
 // Account is the host identity a guest's kernel runs as.
 type Account struct {
 	User     string // as written, or the default uml-NAME
-	UID, GID int
+	UID, GID int    // -1 for a default account not created yet
+}
+
+// pending says that the account is the guest's default one, to be created
+// at its first start: a new account, which owns no file and is in no file's
+// group.
+func (a Account) pending() bool { return a.UID < 0 }
+
+// describe names the account in a message.
+func (a Account) describe() string {
+	if a.pending() {
+		return fmt.Sprintf("user %s (not created yet, so only the permissions for others apply)", a.User)
+	}
+	return fmt.Sprintf("user %s (uid %d, gid %d)", a.User, a.UID, a.GID)
 }
 
 // accounts finds and creates host accounts: an interface so that tests
@@ -65,13 +78,18 @@ func isUnknown(err error) bool {
 	return errors.As(err, &u) || errors.As(err, &uid) || errors.As(err, &g) || errors.As(err, &gid)
 }
 
-// resolveAccount finds the account g's kernel runs as, creating the default
-// one (uml-NAME) on first use. A numeric uid or gid without an entry in the
-// account database is allowed, as systemd allows it, but then Group= must
-// say the group. Root's uid and gid are refused.
-func resolveAccount(ctx context.Context, db accounts, g *config.Guest) (Account, bool, error) {
+// resolveAccount finds the account g's kernel runs as, with create creating
+// the default one (uml-NAME) on first use; without, that account is
+// returned pending. A numeric uid or gid without an entry in the account
+// database is allowed, as systemd allows it, but then Group= must say the
+// group. Root's uid and gid are refused.
+func resolveAccount(ctx context.Context, db accounts, g *config.Guest, create bool) (Account, bool, error) {
 	created := false
 	u, err := db.LookupUser(g.User)
+	if isUnknown(err) && g.UserIsDefault && !create {
+		acct, err := account(db, g, Account{User: g.User, UID: -1, GID: -1})
+		return acct, false, err
+	}
 	if isUnknown(err) && g.UserIsDefault {
 		// A failure is retried (exit 1): another start of this guest may
 		// have created it meanwhile, or the start was stopped.
@@ -121,7 +139,7 @@ func account(db accounts, g *config.Guest, acct Account) (Account, error) {
 		}
 	}
 	switch {
-	case acct.GID < 0:
+	case acct.GID < 0 && !acct.pending():
 		return Account{}, hostErrorf("user %s (User=) has no entry in the account database, so it has no primary group; set Group= as well", g.User)
 	case acct.UID == 0:
 		return Account{}, hostErrorf("user %s (User=) is root (uid 0); a guest kernel must never run as root: name an unprivileged account or remove User=", g.User)

@@ -1,11 +1,14 @@
 package supervisor
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
 	"net/netip"
+	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -43,32 +46,60 @@ type tapRecord struct {
 	Index int    `json:"index,omitempty"`
 }
 
-// preflightNetwork checks that the host can carry guest g's network and
-// computes its firewall. It changes nothing but br_netfilter's settings,
-// which the firewall needs.
-func preflightNetwork(ctx context.Context, g *config.Guest, lookup netprep.Lookup, log Log) (netprep.RuleSet, error) {
-	n := g.Network
+// checkBridge checks that the guest's bridge exists.
+func (in *inspection) checkBridge(context.Context) error {
+	n := in.g.Network
 	if err := netprep.CheckBridge(n.Bridge); err != nil {
-		return nil, hostErrorf("%s: Bridge=%s: %w", g.Path, n.Bridge, err)
+		return hostErrorf("%s: Bridge=%s: %w", in.g.Path, n.Bridge, err)
 	}
-	changed, err := netprep.EnableBridgeFilter(ctx, "/proc/sys", []string{"modprobe"})
-	for _, c := range changed {
-		log.Event(journal.PriNotice, c+", which the guests' firewalls need")
+	return nil
+}
+
+// checkBridgeFilter makes bridged packets pass the firewall (br_netfilter),
+// which the preflight does itself and logs; a dry run notes what it would
+// do, and fails only if it could not.
+func (in *inspection) checkBridgeFilter(ctx context.Context) error {
+	if !in.dryRun {
+		changed, err := netprep.EnableBridgeFilter(ctx, in.procSys, in.modprobe)
+		for _, c := range changed {
+			in.log.Event(journal.PriNotice, c+", which the guests' firewalls need")
+		}
+		if err != nil {
+			return hostErrorf("%w", err)
+		}
+		return nil
 	}
+	bf, err := netprep.ReadBridgeFilter(in.procSys)
 	if err != nil {
-		return nil, hostErrorf("%w", err)
+		return err
 	}
+	if !bf.Loaded {
+		cmd := exec.CommandContext(ctx, in.modprobe[0], append(in.modprobe[1:], "--dry-run", "br_netfilter")...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return hostErrorf("the kernel module br_netfilter, which the guest's firewall needs, is not loaded, and %s failed (%v: %s); install the kernel's modules, or use a kernel with CONFIG_BRIDGE_NETFILTER",
+				strings.Join(cmd.Args, " "), err, bytes.TrimSpace(out))
+		}
+		in.note("the kernel module br_netfilter, which the guest's firewall needs, is not loaded; the guest's start loads it (to load it at boot: echo br_netfilter >/etc/modules-load.d/br_netfilter.conf)")
+	}
+	for _, name := range bf.Off {
+		in.note("%s is not 1, as the guest's firewall needs; the guest's start sets it (to set it at boot: echo %s=1 >/etc/sysctl.d/50-umlsd.conf)", name, name)
+	}
+	return nil
+}
+
+// checkFirewall resolves the host names of the guest's firewall and
+// computes its rules.
+func (in *inspection) checkFirewall(ctx context.Context) error {
 	// A name that does not resolve may resolve later (the resolver starts
 	// after the guest): not a configuration error, retried by the unit.
-	addrs, err := netprep.Resolve(ctx, g, lookup)
+	addrs, err := netprep.Resolve(ctx, in.g, in.lookup)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	rs, err := netprep.Rules(g, addrs)
-	if err != nil {
-		return nil, configError{err}
+	if in.rules, err = netprep.Rules(in.g, addrs); err != nil {
+		return configError{err}
 	}
-	return rs, nil
+	return nil
 }
 
 // lookupHost is the host's resolver.

@@ -52,69 +52,30 @@ func hostErrorf(format string, args ...any) error {
 }
 
 // preflight checks what a start needs, changing nothing but the account
-// database (the default account is created on first start), and plans the
-// start.
+// database (the default account is created on first start) and
+// br_netfilter's settings, and plans the start. It stops at the first
+// problem.
 // others are the other configured guests; lookup resolves the host names
 // of firewall rules.
 func preflight(ctx context.Context, db accounts, g *config.Guest, others []*config.Guest, l Layout, log Log, lookup netprep.Lookup) (*plan, error) {
-	acct, created, err := resolveAccount(ctx, db, g)
-	if err != nil {
-		return nil, err
+	in := &inspection{
+		g: g, others: others, db: db, lookup: lookup, log: log,
+		procSys: "/proc/sys", modprobe: []string{"modprobe"}, unitOf: unitOfProcess,
 	}
-	if err := checkShared(db, g, acct, others); err != nil {
-		return nil, err
+	for _, step := range in.steps() {
+		if err := step(ctx); err != nil {
+			return nil, err
+		}
 	}
-	if created {
-		log.Event(journal.PriNotice, fmt.Sprintf("created the guest's system account %s (uid %d)", acct.User, acct.UID))
-	}
-	p := &plan{guest: g, account: acct, layout: l, argv: KernelCommandLine(g, l)}
+	p := &plan{guest: g, account: in.acct, layout: l, argv: KernelCommandLine(g, l), rules: in.rules, makeCow: in.makeCow}
 	p.env = []string{"TMPDIR=" + l.Memory()}
-	if g.Network != nil {
-		if p.rules, err = preflightNetwork(ctx, g, lookup, log); err != nil {
-			return nil, err
-		}
-	}
-
-	// Checked before its ELF header is read: a FIFO would block that.
-	if fi, err := os.Stat(g.Kernel); err != nil || !fi.Mode().IsRegular() {
-		return nil, hostErrorf("Kernel=%s is not a program file; install user-mode-linux or fix Kernel=", g.Kernel)
-	}
-	if err := checkAccess(g.Kernel, acct, unix.X_OK|unix.R_OK, g.Chroot); err != nil {
-		return nil, hostErrorf("Kernel=%s: %w", g.Kernel, err)
-	}
-	files, err := jail.ProgramFiles(g.Kernel)
-	if err != nil {
-		return nil, hostErrorf("Kernel=%s cannot be run: %w", g.Kernel, err)
-	}
-	// The root image is written only when there is no COW file.
-	imageAccess := uint32(unix.R_OK)
-	if g.Cow == "" {
-		imageAccess |= unix.W_OK
-	}
-	if err := checkImage("RootImage", g.RootImage, acct, imageAccess, g.Chroot); err != nil {
-		return nil, err
-	}
-	for _, d := range g.Disks {
-		mode := uint32(unix.R_OK | unix.W_OK)
-		if d.ReadOnly {
-			mode = unix.R_OK
-		}
-		if err := checkImage("Disk", d.Path, acct, mode, g.Chroot); err != nil {
-			return nil, err
-		}
-	}
-	if g.Cow != "" {
-		if p.makeCow, err = checkCow(g, acct); err != nil {
-			return nil, err
-		}
-		if dir := filepath.Dir(g.Cow); dir == filepath.Join(config.StateDir, g.Name) {
-			p.stateDir = dir
-		}
+	if dir := filepath.Dir(g.Cow); g.Cow != "" && dir == filepath.Join(config.StateDir, g.Name) {
+		p.stateDir = dir
 	}
 
 	var mounts []jail.Mount
 	if g.Chroot {
-		for _, f := range files {
+		for _, f := range in.files {
 			mounts = append(mounts, jail.Mount{Target: f, Source: f, ReadOnly: true})
 		}
 		mounts = append(mounts, jail.Mount{Target: g.RootImage, Source: g.RootImage, ReadOnly: g.Cow != ""})
@@ -128,14 +89,115 @@ func preflight(ctx context.Context, db accounts, g *config.Guest, others []*conf
 	}
 	p.jail.Mounts = append(mounts,
 		// Inode limits too: a tmpfs's size does not count them.
-		jail.Mount{Target: l.Dir, Size: runtimeSize, Inodes: 64, Mode: 0o700, UID: acct.UID, GID: acct.GID},
+		jail.Mount{Target: l.Dir, Size: runtimeSize, Inodes: 64, Mode: 0o700, UID: in.acct.UID, GID: in.acct.GID},
 		jail.Mount{Target: l.Notify(), Source: l.Notify()},
-		jail.Mount{Target: l.Memory(), Size: g.Memory + memorySlack, Inodes: 64, Mode: 0o700, UID: acct.UID, GID: acct.GID, Exec: true},
+		jail.Mount{Target: l.Memory(), Size: g.Memory + memorySlack, Inodes: 64, Mode: 0o700, UID: in.acct.UID, GID: in.acct.GID, Exec: true},
 	)
 	return p, nil
 }
 
-func checkImage(key, path string, acct Account, mode uint32, chroot bool) error {
+// An inspection is one run of the checks of a guest's start, shared by the
+// supervisor's preflight and by Check. preflight stops at the first problem
+// and makes the changes a start needs first (the default account,
+// br_netfilter); with dryRun (Check) every check runs, nothing is changed,
+// and what a start would change is noted instead.
+type inspection struct {
+	g        *config.Guest
+	others   []*config.Guest
+	db       accounts
+	lookup   netprep.Lookup
+	procSys  string   // /proc/sys
+	modprobe []string // the command that loads a kernel module
+	unitOf   func(pid int) string
+	log      Log // preflight: what it changed
+
+	dryRun bool
+
+	// What was found.
+	acct     Account
+	acctOK   bool // acct is known: the permission checks need it
+	rules    netprep.RuleSet
+	files    []string // the kernel's program files
+	makeCow  bool     // the COW file does not exist yet
+	findings []Finding
+}
+
+// steps are the checks in the order a start needs them: each returns its
+// problem, and what later steps need is kept in the inspection.
+func (in *inspection) steps() []func(context.Context) error {
+	steps := []func(context.Context) error{in.checkAccount}
+	if in.g.Network != nil {
+		steps = append(steps, in.checkBridge, in.checkBridgeFilter, in.checkFirewall)
+	}
+	steps = append(steps, in.checkKernel, in.checkRootImage)
+	for _, d := range in.g.Disks {
+		steps = append(steps, func(context.Context) error { return in.checkDisk(d) })
+	}
+	if in.g.Cow != "" {
+		steps = append(steps, in.checkCow)
+	}
+	return steps
+}
+
+func (in *inspection) note(format string, args ...any) {
+	in.findings = append(in.findings, Finding{Severity: Note, Message: fmt.Sprintf(format, args...)})
+}
+
+func (in *inspection) checkAccount(ctx context.Context) error {
+	acct, created, err := resolveAccount(ctx, in.db, in.g, !in.dryRun)
+	if err != nil {
+		return err
+	}
+	in.acct, in.acctOK = acct, true
+	if err := checkShared(in.db, in.g, acct, in.others); err != nil {
+		return err
+	}
+	if created {
+		in.log.Event(journal.PriNotice, fmt.Sprintf("created the guest's system account %s (uid %d)", acct.User, acct.UID))
+	}
+	if acct.pending() {
+		in.note("the guest's account %s does not exist yet; the guest's first start creates it, as a system user without a login", acct.User)
+	}
+	return nil
+}
+
+func (in *inspection) checkKernel(context.Context) error {
+	g := in.g
+	// Checked before its ELF header is read: a FIFO would block that.
+	fi, err := os.Stat(g.Kernel)
+	if errors.Is(err, fs.ErrPermission) {
+		return hostErrorf("Kernel=%s: %w", g.Kernel, unwrapPath(err))
+	}
+	if err != nil || !fi.Mode().IsRegular() {
+		return hostErrorf("Kernel=%s is not a program file; install user-mode-linux or fix Kernel=", g.Kernel)
+	}
+	if err := in.access(g.Kernel, unix.X_OK|unix.R_OK); err != nil {
+		return hostErrorf("Kernel=%s: %w", g.Kernel, err)
+	}
+	if in.files, err = jail.ProgramFiles(g.Kernel); err != nil {
+		return hostErrorf("Kernel=%s cannot be run: %w", g.Kernel, err)
+	}
+	return nil
+}
+
+func (in *inspection) checkRootImage(context.Context) error {
+	// The root image is written only when there is no COW file.
+	mode := uint32(unix.R_OK)
+	if in.g.Cow == "" {
+		mode |= unix.W_OK
+	}
+	return in.checkImage("RootImage", in.g.RootImage, mode)
+}
+
+func (in *inspection) checkDisk(d config.Disk) error {
+	mode := uint32(unix.R_OK | unix.W_OK)
+	if d.ReadOnly {
+		mode = unix.R_OK
+	}
+	return in.checkImage("Disk", d.Path, mode)
+}
+
+func (in *inspection) checkImage(key, path string, mode uint32) error {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return hostErrorf("%s=%s: %w", key, path, unwrapPath(err))
@@ -143,55 +205,95 @@ func checkImage(key, path string, acct Account, mode uint32, chroot bool) error 
 	if !fi.Mode().IsRegular() && fi.Mode()&fs.ModeDevice == 0 {
 		return hostErrorf("%s=%s is not a file or a block device", key, path)
 	}
-	if err := checkAccess(path, acct, mode, chroot); err != nil {
+	if err := in.access(path, mode); err != nil {
 		return hostErrorf("%s=%s: %w", key, path, err)
 	}
-	if holder := lockHolder(path, mode&unix.W_OK != 0); holder != 0 {
-		return hostErrorf("%s=%s is in use by process %d (another UML kernel?); stop it first", key, path, holder)
-	}
-	return nil
+	return in.inUse(key+"="+path, path, mode&unix.W_OK != 0)
 }
 
 // checkCow checks an existing COW file against its backing file, as the
-// kernel will at boot, and reports whether the file is still to be made.
-func checkCow(g *config.Guest, acct Account) (bool, error) {
+// kernel will at boot, and notes whether the file is still to be made.
+func (in *inspection) checkCow(context.Context) error {
+	g := in.g
 	fi, err := os.Stat(g.Cow)
 	if errors.Is(err, fs.ErrNotExist) {
 		dir := filepath.Dir(g.Cow)
 		if dir != filepath.Join(config.StateDir, g.Name) {
 			if _, err := os.Stat(dir); err != nil {
-				return false, hostErrorf("Cow=%s: its directory: %w", g.Cow, unwrapPath(err))
+				return hostErrorf("Cow=%s: its directory: %w", g.Cow, unwrapPath(err))
 			}
 		}
-		return true, nil
+		in.makeCow = true
+		in.note("the COW file %s does not exist yet; the guest's first start creates it on RootImage=%s", g.Cow, g.RootImage)
+		return nil
 	}
 	if err != nil {
-		return false, hostErrorf("Cow=%s: %w", g.Cow, unwrapPath(err))
+		return hostErrorf("Cow=%s: %w", g.Cow, unwrapPath(err))
 	}
 	if !fi.Mode().IsRegular() {
-		return false, hostErrorf("Cow=%s is not a regular file", g.Cow)
+		return hostErrorf("Cow=%s is not a regular file", g.Cow)
 	}
-	if err := checkAccess(g.Cow, acct, unix.R_OK|unix.W_OK, g.Chroot); err != nil {
-		return false, hostErrorf("Cow=%s: %w", g.Cow, err)
+	if err := in.access(g.Cow, unix.R_OK|unix.W_OK); err != nil {
+		return hostErrorf("Cow=%s: %w", g.Cow, err)
 	}
 	h, err := cow.Read(g.Cow)
+	if errors.Is(err, fs.ErrPermission) { // only Check runs without root
+		return hostErrorf("Cow=%s: %w", g.Cow, unwrapPath(err))
+	}
 	if err != nil {
-		return false, hostErrorf("Cow=%s is not a usable COW file: %w", g.Cow, err)
+		return hostErrorf("Cow=%s is not a usable COW file: %w", g.Cow, err)
 	}
 	if h.Backing != g.RootImage && !sameFile(h.Backing, g.RootImage) {
-		return false, hostErrorf("COW file %s was made for backing file %s, not RootImage=%s; set RootImage= to that file, or move the COW file away to start afresh", g.Cow, h.Backing, g.RootImage)
+		return hostErrorf("COW file %s was made for backing file %s, not RootImage=%s; set RootImage= to that file, or move the COW file away to start afresh", g.Cow, h.Backing, g.RootImage)
 	}
 	bfi, err := os.Stat(g.RootImage)
 	if err != nil {
-		return false, hostErrorf("RootImage=%s: %w", g.RootImage, unwrapPath(err))
+		return hostErrorf("RootImage=%s: %w", g.RootImage, unwrapPath(err))
 	}
 	if err := h.Matches(bfi); err != nil {
-		return false, configError{err}
+		return configError{err}
 	}
-	if holder := lockHolder(g.Cow, true); holder != 0 {
-		return false, hostErrorf("COW file %s is in use by process %d (another UML kernel?); stop it first", g.Cow, holder)
+	return in.inUse("COW file "+g.Cow, g.Cow, true)
+}
+
+// access checks that the guest's account may access path in mode; without
+// a known account there is nothing to check against.
+func (in *inspection) access(path string, mode uint32) error {
+	if !in.acctOK {
+		return nil
 	}
-	return false, nil
+	return checkAccess(path, in.acct, mode, in.g.Chroot)
+}
+
+// inUse refuses path (what names it) when a process holds a lock on it
+// that conflicts with reading, or with write, writing it: UML locks its
+// images. Check notes the lock of the guest's own running kernel instead.
+func (in *inspection) inUse(what, path string, write bool) error {
+	holder, err := lockHolder(path, write)
+	if err != nil {
+		if !in.dryRun {
+			// A file root can stat it can open: whatever failed, the
+			// kernel will report it better.
+			return nil
+		}
+		return fmt.Errorf("%s: opening it to see whether a kernel uses it: %w", what, unwrapPath(err))
+	}
+	if holder == 0 {
+		return nil
+	}
+	if holder < 0 { // an open file description lock has no owner process
+		return hostErrorf("%s is locked by another process; find it with fuser and stop it first", what)
+	}
+	unit := in.unitOf(holder)
+	if in.dryRun && unit == in.g.UnitName() {
+		in.note("%s is in use by the guest's own kernel (process %d): %s is running", what, holder, unit)
+		return nil
+	}
+	by := fmt.Sprintf("process %d (another UML kernel?)", holder)
+	if unit != "" {
+		by = fmt.Sprintf("process %d of %s", holder, unit)
+	}
+	return hostErrorf("%s is in use by %s; stop it first", what, by)
 }
 
 func sameFile(a, b string) bool {
@@ -203,10 +305,10 @@ func sameFile(a, b string) bool {
 // lockHolder is the pid of a process whose lock (UML locks its images:
 // COW files for writing, backing files for reading) conflicts with
 // reading, or with write, writing path; 0 if none.
-func lockHolder(path string, write bool) int {
+func lockHolder(path string, write bool) (int, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return 0
+		return 0, err
 	}
 	defer f.Close()
 	lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: 0}
@@ -214,9 +316,9 @@ func lockHolder(path string, write bool) int {
 		lk.Type = unix.F_WRLCK
 	}
 	if err := unix.FcntlFlock(f.Fd(), unix.F_GETLK, &lk); err != nil || lk.Type == unix.F_UNLCK {
-		return 0
+		return 0, nil
 	}
-	return int(lk.Pid)
+	return int(lk.Pid), nil
 }
 
 // checkAccess checks that acct (with no supplementary groups: the kernel
@@ -231,7 +333,7 @@ func checkAccess(path string, acct Account, mode uint32, chroot bool) error {
 				return unwrapPath(err)
 			}
 			if !permits(fi, acct, unix.X_OK) {
-				return fmt.Errorf("user %s (uid %d) cannot reach it: directory %s does not let it through (it runs with Chroot=no); grant search permission or move the file", acct.User, acct.UID, dir)
+				return fmt.Errorf("%s cannot reach it: directory %s does not let it through (it runs with Chroot=no); grant search permission or move the file", acct.describe(), dir)
 			}
 			if dir == "/" {
 				break
@@ -243,7 +345,7 @@ func checkAccess(path string, acct Account, mode uint32, chroot bool) error {
 		return unwrapPath(err)
 	}
 	if !permits(fi, acct, mode) {
-		return fmt.Errorf("user %s (uid %d, gid %d) may not %s it; change its owner, group or mode (the kernel runs as that user)", acct.User, acct.UID, acct.GID, accessWords(mode))
+		return fmt.Errorf("%s may not %s it; change its owner, group or mode (the kernel runs as that user)", acct.describe(), accessWords(mode))
 	}
 	return nil
 }

@@ -22,7 +22,7 @@ import (
 
 // templatePath is where make install puts uml@.service; the Makefile sets
 // it at link time from pkg-config.
-var templatePath = "/lib/systemd/system/uml@.service"
+var templatePath = generator.DefaultTemplate
 
 const tag = "uml-generator"
 

@@ -4,13 +4,20 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"umlsd/cli"
+	"umlsd/generator"
 )
+
+// templatePath is where make install puts uml@.service: the Makefile sets
+// it at link time, as uml-generator's, so that check --units prints the
+// links the installed generator writes.
+var templatePath = generator.DefaultTemplate
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -20,5 +27,15 @@ func main() {
 }
 
 func run(ctx context.Context, args []string) error {
-	return cli.Run(ctx, args, cli.HostEnv(os.Stdin, os.Stdout, os.Stderr))
+	env := cli.HostEnv(os.Stdin, os.Stdout, os.Stderr)
+	env.Units = generator.Options{Template: templatePath, InContainer: inContainer()}
+	return cli.Run(ctx, args, env)
+}
+
+// inContainer says whether systemd runs in a container, as it tells its
+// generators (SYSTEMD_VIRTUALIZATION=container:…): it writes the
+// container's kind to /run/systemd/container.
+func inContainer() bool {
+	b, err := os.ReadFile("/run/systemd/container")
+	return err == nil && len(bytes.TrimSpace(b)) > 0
 }
