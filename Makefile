@@ -33,11 +33,17 @@ DEB_PACKAGES := pkg-config systemd systemd-container user-mode-linux uml-utiliti
 
 COMMANDS := uml-generator uml-supervisor umlctl
 UNITS    := uml@.service uml.target
-MANPAGES := uml.conf.5 uml-supervisor.8
+MANPAGES := uml.conf.5 uml-supervisor.8 umlctl.1
+# Shell completion for umlctl, where each shell looks for packages' scripts.
+COMPLETIONS := bash zsh fish
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/vendor-completions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
 
 all: build
 
-build: $(addprefix bin/,$(COMMANDS)) $(addprefix build/units/,$(UNITS)) $(addprefix build/man/,$(MANPAGES))
+build: $(addprefix bin/,$(COMMANDS)) $(addprefix build/units/,$(UNITS)) $(addprefix build/man/,$(MANPAGES)) \
+	$(addprefix build/completion/umlctl.,$(COMPLETIONS))
 
 # The generator links guests to the template where make install puts it;
 # umlctl check --units prints the same links.
@@ -60,6 +66,11 @@ build/units/%: units/% Makefile build/dirs
 	@mkdir -p $(@D)
 	sed -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' -e 's|@BINDIR@|$(BINDIR)|g' $< >$@
 
+# The scripts ask umlctl for the guests' names as the user types.
+build/completion/umlctl.%: bin/umlctl
+	@mkdir -p $(@D)
+	bin/umlctl completion $* >$@
+
 # go-md2man turns hyphenation off before .TH, which turns it on again.
 build/man/%: doc/%.md Makefile
 	@mkdir -p $(@D)
@@ -71,6 +82,11 @@ install: build
 	install -D -m 0755 bin/uml-supervisor $(DESTDIR)$(LIBEXECDIR)/umlsd/uml-supervisor
 	install -D -m 0644 build/man/uml.conf.5 $(DESTDIR)$(MANDIR)/man5/uml.conf.5
 	install -D -m 0644 build/man/uml-supervisor.8 $(DESTDIR)$(MANDIR)/man8/uml-supervisor.8
+	install -D -m 0755 bin/umlctl $(DESTDIR)$(BINDIR)/umlctl
+	install -D -m 0644 build/man/umlctl.1 $(DESTDIR)$(MANDIR)/man1/umlctl.1
+	install -D -m 0644 build/completion/umlctl.bash $(DESTDIR)$(BASHCOMPDIR)/umlctl
+	install -D -m 0644 build/completion/umlctl.zsh $(DESTDIR)$(ZSHCOMPDIR)/_umlctl
+	install -D -m 0644 build/completion/umlctl.fish $(DESTDIR)$(FISHCOMPDIR)/umlctl.fish
 	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/uml
 
 uninstall:
@@ -78,6 +94,8 @@ uninstall:
 	rm -f $(addprefix $(DESTDIR)$(SYSTEMD_UNITDIR)/,$(UNITS))
 	rm -f $(DESTDIR)$(LIBEXECDIR)/umlsd/uml-supervisor
 	rm -f $(DESTDIR)$(MANDIR)/man5/uml.conf.5 $(DESTDIR)$(MANDIR)/man8/uml-supervisor.8
+	rm -f $(DESTDIR)$(BINDIR)/umlctl $(DESTDIR)$(MANDIR)/man1/umlctl.1
+	rm -f $(DESTDIR)$(BASHCOMPDIR)/umlctl $(DESTDIR)$(ZSHCOMPDIR)/_umlctl $(DESTDIR)$(FISHCOMPDIR)/umlctl.fish
 
 # Installs what is missing, nothing if everything is there.
 deps:
