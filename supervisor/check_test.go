@@ -204,7 +204,7 @@ func findingLines(fs []Finding, dir, image string) []string {
 func TestHelperHoldLock(t *testing.T) {
 	path := os.Getenv("UMLSD_TEST_HOLD_LOCK")
 	if path == "" {
-		t.Skip("the helper process of TestCheckInUse")
+		return // run as a test, not as TestCheckInUse's helper process
 	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
