@@ -1,7 +1,9 @@
 package cow
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"math/bits"
 	"os"
 	"syscall"
@@ -59,8 +61,10 @@ func ReadInfo(path string) (Info, error) {
 
 	bfi, err := os.Stat(h.Backing)
 	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		in.BackingProblem = fmt.Errorf("backing file %s does not exist; the kernel cannot use the COW file without it: put the backing file back at that path", h.Backing)
 	case err != nil:
-		in.BackingProblem = fmt.Errorf("backing file: %w", err)
+		in.BackingProblem = fmt.Errorf("checking backing file: %w", err)
 	case !bfi.Mode().IsRegular():
 		in.BackingFound = true
 		in.BackingProblem = fmt.Errorf("backing file %s is not a regular file", h.Backing)
