@@ -113,7 +113,8 @@ one per configuration file /etc/uml/NAME.conf.`,
 		return &ExitError{Status: ExitUsage, Err: fmt.Errorf("%w; see %s --help", err, c.CommandPath())}
 	})
 	root.AddCommand(
-	// Each verb adds itself here.
+		// Each verb adds itself here.
+		newCowCmd(env),
 	)
 	return root
 }
