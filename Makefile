@@ -129,6 +129,7 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./cmd/uml-generator
 	$(GO) test -run '^$$' -bench Supervisor -benchtime 5x ./e2e
 	$(GO) test -run '^$$' -bench NetworkPrep -benchtime 20x ./netprep
+	$(GO) test -run '^$$' -bench Merge -benchtime 5x ./cow
 
 clean:
 	rm -rf bin build

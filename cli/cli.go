@@ -136,6 +136,7 @@ one per configuration file /etc/uml/NAME.conf.`,
 		newJobCmd(env, "start", "Start a guest and wait until it is ready"),
 		newJobCmd(env, "stop", "Shut a guest down cleanly and wait until it has stopped"),
 		newJobCmd(env, "restart", "Restart a guest and wait until it is ready again"),
+		newCowCmd(env),
 		newCheckCmd(env),
 	)
 	return root

@@ -1,0 +1,341 @@
+package cli
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"umlsd/config"
+	"umlsd/cow"
+)
+
+func newCowCmd(env *Env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "cow",
+		Short: "Create, inspect and merge the guests' copy-on-write files",
+		Long: `A COW file holds a guest's changes to its root image, the backing file, which
+guests share. These commands work on the files directly: stop the guests that
+use them first.`,
+		Args: args(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			return exitErrorf(ExitUsage, "missing command (create, info or merge); see %s --help", c.CommandPath())
+		},
+	}
+	cmd.AddCommand(newCowCreateCmd(env), newCowInfoCmd(env), newCowMergeCmd(env))
+	return cmd
+}
+
+func newCowCreateCmd(env *Env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "create BACKING COW",
+		Short: "Create a COW file on a backing file, as uml_mkcow does",
+		Args:  args(cobra.ExactArgs(2)),
+		RunE: func(c *cobra.Command, a []string) error {
+			if err := cow.Create(a[1], a[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(env.Stdout, "Created COW file %s on backing file %s.\n", a[1], a[0])
+			return nil
+		},
+	}
+}
+
+// cowInfo is `cow info --json`'s object; its field names are stable.
+type cowInfo struct {
+	Path           string `json:"path"`
+	Version        int    `json:"version"`
+	BackingFile    string `json:"backing_file"`
+	Size           int64  `json:"size"`
+	MTime          int64  `json:"mtime"`
+	SectorSize     int    `json:"sector_size"`
+	Alignment      int    `json:"alignment"`
+	BitmapOffset   int64  `json:"bitmap_offset"`
+	BitmapLength   int64  `json:"bitmap_length"`
+	DataOffset     int64  `json:"data_offset"`
+	Sectors        int64  `json:"sectors"`
+	DirtySectors   int64  `json:"dirty_sectors"`
+	DirtyBytes     int64  `json:"dirty_bytes"`
+	FileSize       int64  `json:"file_size"`
+	AllocatedBytes int64  `json:"allocated_bytes"`
+	BackingFound   bool   `json:"backing_found"`
+	BackingSize    int64  `json:"backing_size"`
+	BackingMTime   int64  `json:"backing_mtime"`
+	BackingMatches bool   `json:"backing_matches"`
+	BackingProblem string `json:"backing_problem"`
+}
+
+func newCowInfoCmd(env *Env) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "info [--json] COW",
+		Short: "Show a COW file's header, how much it holds, and whether its backing file still fits",
+		Args:  args(cobra.ExactArgs(1)),
+		RunE: func(c *cobra.Command, a []string) error {
+			in, err := cow.ReadInfo(a[0])
+			if err != nil {
+				return err
+			}
+			ci := cowInfo{
+				Path: a[0], Version: in.Version, BackingFile: in.Backing, Size: in.Size, MTime: in.MTime,
+				SectorSize: in.SectorSize, Alignment: in.Alignment,
+				BitmapOffset: in.BitmapOffset, BitmapLength: in.BitmapLen, DataOffset: in.DataOffset,
+				Sectors: in.Sectors, DirtySectors: in.DirtySectors, DirtyBytes: in.DirtyBytes,
+				FileSize: in.FileSize, AllocatedBytes: in.Allocated,
+				BackingFound: in.BackingFound, BackingSize: in.BackingSize, BackingMTime: in.BackingMTime,
+				BackingMatches: in.BackingProblem == nil,
+			}
+			if in.BackingProblem != nil {
+				ci.BackingProblem = in.BackingProblem.Error()
+			}
+			if asJSON {
+				b, err := json.MarshalIndent(ci, "", "  ")
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintf(env.Stdout, "%s\n", b)
+				return err
+			}
+			return writeCowInfo(env.Stdout, ci)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON object")
+	return cmd
+}
+
+func writeCowInfo(w io.Writer, ci cowInfo) error {
+	align := "-"
+	if ci.Alignment != 0 {
+		align = fmt.Sprint(ci.Alignment)
+	}
+	backingSize, backingMTime, matches := "-", "-", "yes"
+	if ci.BackingFound {
+		backingSize, backingMTime = bytesText(ci.BackingSize), timeText(ci.BackingMTime)
+	}
+	if !ci.BackingMatches {
+		matches = "no: " + ci.BackingProblem
+	}
+	lines := [][2]string{
+		{"COW file", ci.Path},
+		{"Version", fmt.Sprint(ci.Version)},
+		{"Backing file", ci.BackingFile},
+		{"Stored size", bytesText(ci.Size)},
+		{"Stored mtime", timeText(ci.MTime)},
+		{"Sector size", fmt.Sprint(ci.SectorSize)},
+		{"Alignment", align},
+		{"Bitmap offset", fmt.Sprint(ci.BitmapOffset)},
+		{"Bitmap length", fmt.Sprint(ci.BitmapLength)},
+		{"Data offset", fmt.Sprint(ci.DataOffset)},
+		{"Sectors", fmt.Sprint(ci.Sectors)},
+		{"Dirty sectors", fmt.Sprint(ci.DirtySectors)},
+		{"Dirty bytes", bytesText(ci.DirtyBytes)},
+		{"File size", bytesText(ci.FileSize)},
+		{"Allocated", bytesText(ci.AllocatedBytes)},
+		{"Backing found", yesNo(ci.BackingFound)},
+		{"Backing size", backingSize},
+		{"Backing mtime", backingMTime},
+		{"Backing matches", matches},
+	}
+	var b strings.Builder
+	for _, l := range lines {
+		fmt.Fprintf(&b, "%-16s %s\n", l[0]+":", l[1])
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+// bytesText is n bytes, exactly and, from 1 KiB on, roughly in binary
+// units.
+func bytesText(n int64) string {
+	units := []string{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	if n < 1024 {
+		return fmt.Sprintf("%d bytes", n)
+	}
+	v, u := float64(n)/1024, 0
+	for v >= 1024 && u < len(units)-1 {
+		v, u = v/1024, u+1
+	}
+	return fmt.Sprintf("%d bytes (%.1f %s)", n, v, units[u])
+}
+
+func timeText(sec int64) string {
+	return fmt.Sprintf("%s (%d)", time.Unix(sec, 0).UTC().Format("2006-01-02 15:04:05 UTC"), sec)
+}
+
+func newCowMergeCmd(env *Env) *cobra.Command {
+	var (
+		opt     cow.MergeOptions
+		inPlace bool
+		yes     bool
+	)
+	cmd := &cobra.Command{
+		Use:   "merge [--backing PATH] COW NEW | --in-place [--yes] [--backing PATH] COW",
+		Short: "Merge a COW file and its backing file into a new image, or into the backing file",
+		Long: `merge writes the image a guest sees, its backing file with the COW file's
+changes over it, to the new file NEW, as uml_moo does, but never over an
+existing file and never half-written. With --in-place it writes the changes
+into the backing file itself, as uml_moo -d does: that invalidates every other
+COW file on that backing file, so it asks first unless --yes is given.
+--backing names the backing file when the header's path is wrong, as for a COW
+file made in a jail. The guests must be stopped.`,
+		Args: args(func(c *cobra.Command, a []string) error {
+			if inPlace {
+				return cobra.ExactArgs(1)(c, a)
+			}
+			return cobra.ExactArgs(2)(c, a)
+		}),
+		RunE: func(c *cobra.Command, a []string) error {
+			if yes && !inPlace {
+				return exitErrorf(ExitUsage, "--yes is for --in-place only; see %s --help", c.CommandPath())
+			}
+			if inPlace {
+				return mergeInPlace(c, env, a[0], opt, yes)
+			}
+			start := time.Now()
+			in, err := cow.ReadInfo(a[0])
+			if err != nil {
+				return err
+			}
+			if err := cow.Merge(c.Context(), a[0], a[1], opt); err != nil {
+				return withGuests(env, err)
+			}
+			fmt.Fprintf(env.Stdout, "Merged %s into %s: %d sectors, %s, from the COW file, in %.2f s.\n",
+				a[0], a[1], in.DirtySectors, bytesText(in.DirtyBytes), time.Since(start).Seconds())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&opt.Backing, "backing", "", "the backing file, instead of the one the COW file's header names")
+	cmd.Flags().BoolVar(&inPlace, "in-place", false, "merge into the backing file (invalidates every other COW file on it)")
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation of --in-place")
+	return cmd
+}
+
+func mergeInPlace(c *cobra.Command, env *Env, cowPath string, opt cow.MergeOptions, yes bool) error {
+	in, err := cow.ReadInfo(cowPath)
+	if err != nil {
+		return err
+	}
+	backing := in.Backing
+	if opt.Backing != "" {
+		backing = opt.Backing
+	}
+	fmt.Fprintf(env.Stderr, "Warning: merging %s into %s in place changes %s: every other COW file on it becomes invalid, and the guests using them will not boot.\n",
+		cowPath, backing, backing)
+	guests, err := guestsWith(env, func(g *config.Guest) bool { return sameFile(g.RootImage, backing) })
+	if err != nil {
+		return err
+	}
+	if len(guests) == 0 {
+		fmt.Fprintf(env.Stderr, "No guest configured in %s has RootImage=%s.\n", env.ConfigDir, backing)
+	} else {
+		fmt.Fprintf(env.Stderr, "Guests with RootImage=%s: %s.\n", backing, strings.Join(guests, ", "))
+	}
+	if !yes {
+		ok, err := confirm(env, "Merge in place? [y/N] ")
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return errors.New("merge in place not confirmed; nothing changed")
+		}
+	}
+	start := time.Now()
+	if err := cow.MergeInPlace(c.Context(), cowPath, opt); err != nil {
+		return withGuests(env, err)
+	}
+	fmt.Fprintf(env.Stdout, "Merged %s into %s: %d sectors, %s, from the COW file, in %.2f s. Every COW file on %s, this one included, is now invalid.\n",
+		cowPath, backing, in.DirtySectors, bytesText(in.DirtyBytes), time.Since(start).Seconds(), backing)
+	return nil
+}
+
+// confirm asks the question on stderr and reads the answer from stdin,
+// which must be a terminal.
+func confirm(env *Env, question string) (bool, error) {
+	f, ok := env.Stdin.(*os.File)
+	if !ok || !isTerminal(f) {
+		return false, exitErrorf(ExitUsage, "standard input is not a terminal to confirm the merge in place on; pass --yes to confirm it")
+	}
+	fmt.Fprint(env.Stderr, question)
+	line, err := bufio.NewReader(f).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return false, fmt.Errorf("reading the confirmation: %w", err)
+	}
+	answer := strings.ToLower(strings.TrimSpace(line))
+	return answer == "y" || answer == "yes", nil
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// guestsWith names the configured guests for which match is true, valid
+// ones and those whose only problem is a conflict with another.
+func guestsWith(env *Env, match func(*config.Guest) bool) ([]string, error) {
+	set, err := config.Loader{Dir: env.ConfigDir}.LoadAll()
+	if err != nil {
+		return nil, fmt.Errorf("loading the guests' configurations: %w", err)
+	}
+	var names []string
+	for _, g := range set.Guests {
+		if match(g) {
+			names = append(names, g.Name)
+		}
+	}
+	for _, f := range set.Failed {
+		if f.Guest != nil && match(f.Guest) {
+			names = append(names, f.Name)
+		}
+	}
+	return names, nil
+}
+
+// withGuests adds the configured guests that use a file in use to the
+// error, with the command that stops them.
+func withGuests(env *Env, err error) error {
+	var inUse *cow.InUseError
+	if !errors.As(err, &inUse) {
+		return err
+	}
+	names, lerr := guestsWith(env, func(g *config.Guest) bool {
+		if inUse.Role == "COW file" {
+			return sameFile(g.Cow, inUse.Path)
+		}
+		return sameFile(g.RootImage, inUse.Path)
+	})
+	if lerr != nil || len(names) == 0 {
+		return err
+	}
+	stops := make([]string, len(names))
+	for i, n := range names {
+		stops[i] = "umlctl stop " + n
+	}
+	return fmt.Errorf("%w; guests configured with it: %s (%s)", err, strings.Join(names, ", "), strings.Join(stops, "; "))
+}
+
+// sameFile says whether a and b name the same file.
+func sameFile(a, b string) bool {
+	if a == "" || b == "" {
+		return false
+	}
+	if a == b {
+		return true
+	}
+	fa, errA := os.Stat(a)
+	fb, errB := os.Stat(b)
+	return errA == nil && errB == nil && os.SameFile(fa, fb)
+}

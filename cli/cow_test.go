@@ -1,0 +1,272 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
+
+	"umlsd/cow"
+	"umlsd/internal/golden"
+)
+
+const fixtureMTime = 1700000000
+
+// testEnv is an Env with buffers for the output, no input and an empty
+// configuration directory.
+func testEnv(t *testing.T) (*Env, *bytes.Buffer, *bytes.Buffer) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	return &Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, ConfigDir: t.TempDir(), RuntimeDir: t.TempDir()}, &stdout, &stderr
+}
+
+// physicalTempDir is t.TempDir without symbolic links, as a COW header
+// names it.
+func physicalTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// cowFixture makes a 5300-byte backing file (10 whole sectors and a
+// partial one) with mtime fixtureMTime, and a COW file on it with sectors
+// 1, 2 and the partial last one written.
+func cowFixture(t *testing.T, dir string) (backing, cowPath string) {
+	t.Helper()
+	backing = filepath.Join(dir, "root.img")
+	if err := os.WriteFile(backing, bytes.Repeat([]byte("root"), 5300/4), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	setMTime(t, backing, fixtureMTime)
+	cowPath = filepath.Join(dir, "root.cow")
+	if err := cow.Create(cowPath, backing); err != nil {
+		t.Fatal(err)
+	}
+	h, err := cow.Read(cowPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(cowPath, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, i := range []int64{1, 2, 10} {
+		if _, err := f.WriteAt(bytes.Repeat([]byte("guest   "), 64), h.DataOffset+i*512); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.WriteAt([]byte{0b110, 0b100}, h.BitmapOffset); err != nil {
+		t.Fatal(err)
+	}
+	return backing, cowPath
+}
+
+func setMTime(t *testing.T, path string, sec int64) {
+	t.Helper()
+	if err := os.Chtimes(path, time.Now(), time.Unix(sec, 0)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// run runs umlctl with args and returns its exit status.
+func run(env *Env, args ...string) int {
+	return ExitStatus(Run(context.Background(), args, env))
+}
+
+func TestCowInfoGolden(t *testing.T) {
+	tests := []struct {
+		name  string
+		spoil func(t *testing.T, backing string)
+	}{
+		{"matches", func(*testing.T, string) {}},
+		{"touched", func(t *testing.T, backing string) { setMTime(t, backing, fixtureMTime+3600) }},
+		{"missing", func(t *testing.T, backing string) {
+			if err := os.Remove(backing); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		for _, format := range []string{"txt", "json"} {
+			t.Run(tt.name+"/"+format, func(t *testing.T) {
+				dir := physicalTempDir(t)
+				backing, cowPath := cowFixture(t, dir)
+				tt.spoil(t, backing)
+				env, stdout, stderr := testEnv(t)
+				args := []string{"cow", "info", cowPath}
+				if format == "json" {
+					args = []string{"cow", "info", "--json", cowPath}
+				}
+				if st := run(env, args...); st != 0 {
+					t.Fatalf("exit status %d, stderr:\n%s", st, stderr)
+				}
+				// The temporary directory and the allocation, which depends on
+				// the file system, are placeholders in the golden files.
+				var st unix.Stat_t
+				if err := unix.Stat(cowPath, &st); err != nil {
+					t.Fatal(err)
+				}
+				out := strings.ReplaceAll(stdout.String(), dir, "$DIR")
+				if format == "json" {
+					out = strings.Replace(out, fmt.Sprintf(`"allocated_bytes": %d,`, st.Blocks*512), `"allocated_bytes": "$ALLOCATED",`, 1)
+				} else {
+					out = strings.Replace(out, bytesText(st.Blocks*512), "$ALLOCATED", 1)
+				}
+				golden.Check(t, filepath.Join("testdata", "cow-info-"+tt.name+"."+format), out)
+			})
+		}
+	}
+}
+
+func TestCowUsage(t *testing.T) {
+	tests := []struct {
+		args []string
+		want int
+	}{
+		{[]string{"cow"}, ExitUsage},
+		{[]string{"cow", "bogus"}, ExitUsage},
+		{[]string{"cow", "create", "a"}, ExitUsage},
+		{[]string{"cow", "info"}, ExitUsage},
+		{[]string{"cow", "info", "a", "b"}, ExitUsage},
+		{[]string{"cow", "info", "--bogus", "a"}, ExitUsage},
+		{[]string{"cow", "merge", "a"}, ExitUsage},
+		{[]string{"cow", "merge", "--in-place", "a", "b"}, ExitUsage},
+		{[]string{"cow", "merge", "--yes", "a", "b"}, ExitUsage},
+		{[]string{"cow", "info", "/nonexistent/a.cow"}, ExitFailure},
+		{[]string{"cow", "merge", "/nonexistent/a.cow", "/nonexistent/b.img"}, ExitFailure},
+		{[]string{"cow", "create", "/nonexistent/root.img", "/nonexistent/a.cow"}, ExitFailure},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			env, _, stderr := testEnv(t)
+			if got := run(env, tt.args...); got != tt.want {
+				t.Errorf("exit status %d, want %d; stderr:\n%s", got, tt.want, stderr)
+			}
+			if !strings.HasPrefix(stderr.String(), "umlctl: ") || strings.Count(stderr.String(), "\n") != 1 {
+				t.Errorf("stderr is not one umlctl: line:\n%s", stderr)
+			}
+		})
+	}
+}
+
+func TestCowCreateAndMerge(t *testing.T) {
+	dir := physicalTempDir(t)
+	backing := filepath.Join(dir, "root.img")
+	if err := os.WriteFile(backing, bytes.Repeat([]byte("root"), 1024), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cowPath, merged := filepath.Join(dir, "root.cow"), filepath.Join(dir, "merged.img")
+	env, stdout, stderr := testEnv(t)
+	if st := run(env, "cow", "create", backing, cowPath); st != 0 {
+		t.Fatalf("cow create: exit status %d, stderr:\n%s", st, stderr)
+	}
+	if st := run(env, "cow", "merge", cowPath, merged); st != 0 {
+		t.Fatalf("cow merge: exit status %d, stderr:\n%s", st, stderr)
+	}
+	if want := "Merged " + cowPath + " into " + merged + ": 0 sectors, 0 bytes, from the COW file, in "; !strings.Contains(stdout.String(), want) {
+		t.Errorf("stdout:\n%s\nwant it to contain %q", stdout, want)
+	}
+	got, err := os.ReadFile(merged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, bytes.Repeat([]byte("root"), 1024)) {
+		t.Errorf("merged image is not the backing file")
+	}
+	// Again: the new image exists.
+	stderr.Reset()
+	if st := run(env, "cow", "merge", cowPath, merged); st != ExitFailure {
+		t.Errorf("cow merge onto an existing file: exit status %d, want %d", st, ExitFailure)
+	}
+	if want := "merged.img already exists; remove it or choose another name"; !strings.Contains(stderr.String(), want) {
+		t.Errorf("stderr:\n%s\nwant it to contain %q", stderr, want)
+	}
+}
+
+// writeGuest writes a guest configuration with RootImage=root.
+func writeGuest(t *testing.T, env *Env, name, root string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(env.ConfigDir, name+".conf"), []byte("[Guest]\nRootImage="+root+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCowMergeInPlace(t *testing.T) {
+	dir := physicalTempDir(t)
+	backing, cowPath := cowFixture(t, dir)
+	before, err := os.ReadFile(backing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, stdout, stderr := testEnv(t)
+	writeGuest(t, env, "web", backing)
+	writeGuest(t, env, "db", backing)
+	writeGuest(t, env, "other", filepath.Join(dir, "other.img"))
+
+	// Without --yes and without a terminal: refused, nothing changed.
+	if st := run(env, "cow", "merge", "--in-place", cowPath); st != ExitUsage {
+		t.Errorf("merge --in-place without --yes: exit status %d, want %d", st, ExitUsage)
+	}
+	wantWarning := "Warning: merging " + cowPath + " into " + backing + " in place changes " + backing +
+		": every other COW file on it becomes invalid, and the guests using them will not boot.\n" +
+		"Guests with RootImage=" + backing + ": db, web.\n"
+	wantRefusal := "umlctl: standard input is not a terminal to confirm the merge in place on; pass --yes to confirm it\n"
+	if diff := cmp.Diff(wantWarning+wantRefusal, stderr.String()); diff != "" {
+		t.Errorf("stderr (-want +got):\n%s", diff)
+	}
+	if after, err := os.ReadFile(backing); err != nil || !bytes.Equal(before, after) {
+		t.Fatalf("the backing file changed without confirmation (%v)", err)
+	}
+
+	stderr.Reset()
+	if st := run(env, "cow", "merge", "--in-place", "-y", cowPath); st != 0 {
+		t.Fatalf("merge --in-place -y: exit status %d, stderr:\n%s", st, stderr)
+	}
+	if diff := cmp.Diff(wantWarning, stderr.String()); diff != "" {
+		t.Errorf("stderr (-want +got):\n%s", diff)
+	}
+	if want := "Merged " + cowPath + " into " + backing + ": 3 sectors, 1204 bytes (1.2 KiB), from the COW file"; !strings.Contains(stdout.String(), want) {
+		t.Errorf("stdout:\n%s\nwant it to contain %q", stdout, want)
+	}
+	after, err := os.ReadFile(backing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Clone(before)
+	for _, i := range []int{1, 2} { // the partial sector 10 is not merged, as by uml_moo
+		copy(want[i*512:(i+1)*512], bytes.Repeat([]byte("guest   "), 64))
+	}
+	if !bytes.Equal(after, want) {
+		t.Errorf("backing file after the merge is not the backing file with sectors 1 and 2 from the COW file")
+	}
+	// The COW file is now invalid.
+	if err := run(env, "cow", "merge", "--in-place", "-y", cowPath); err != ExitFailure {
+		t.Errorf("second merge in place: exit status %d, want %d", err, ExitFailure)
+	}
+}
+
+func TestWithGuests(t *testing.T) {
+	env, _, _ := testEnv(t)
+	writeGuest(t, env, "web", "/srv/root.img")
+	inUse := &cow.InUseError{Role: "backing file", Path: "/srv/root.img", PID: 42}
+	err := withGuests(env, fmt.Errorf("merging: %w", inUse))
+	want := "merging: backing file /srv/root.img is in use by process 42 (a running guest?); stop the guest first (umlctl stop NAME); guests configured with it: web (umlctl stop web)"
+	if err == nil || err.Error() != want {
+		t.Errorf("withGuests: %v\nwant %s", err, want)
+	}
+	if !errors.As(err, &inUse) {
+		t.Errorf("withGuests lost the InUseError")
+	}
+}

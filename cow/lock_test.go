@@ -1,0 +1,164 @@
+package cow
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// lockEnv makes the test binary a stand-in for a UML kernel: it takes the
+// process-associated fcntl locks the kernel takes on the files named in it
+// ("w:PATH" write-locked, "r:PATH" read-locked, comma-separated), says
+// "locked" and holds them until its standard input closes.
+const lockEnv = "UMLSD_COW_TEST_HOLD_LOCKS"
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(lockEnv); spec != "" {
+		os.Exit(holdLocks(spec))
+	}
+	os.Exit(m.Run())
+}
+
+func holdLocks(spec string) int {
+	for _, s := range strings.Split(spec, ",") {
+		mode, path, _ := strings.Cut(s, ":")
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: io.SeekStart}
+		if mode == "w" {
+			lk.Type = unix.F_WRLCK
+		}
+		if err := unix.FcntlFlock(f.Fd(), unix.F_SETLK, &lk); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	fmt.Println("locked")
+	io.Copy(io.Discard, os.Stdin)
+	return 0
+}
+
+// startGuest starts a process that locks files as a UML kernel does, and
+// returns its pid; it ends with the test.
+func startGuest(t *testing.T, spec string) int {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), lockEnv+"="+spec)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close()
+		cmd.Wait()
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if line != "locked\n" {
+		t.Fatalf("lock holder: %q, %v", line, err)
+	}
+	return cmd.Process.Pid
+}
+
+func TestMergeRefusesWhileGuestRuns(t *testing.T) {
+	dir := physicalTempDir(t)
+	backing := filepath.Join(dir, "root.img")
+	makeBacking(t, backing, 64<<10, backingKinds[1])
+	cowPath := filepath.Join(dir, "root.cow")
+	makeCOW(t, cowPath, backing, 3, 64<<10, map[int64][]byte{3: sectorData(3, 'c')})
+	otherCOW := filepath.Join(dir, "other.cow")
+	makeCOW(t, otherCOW, backing, 3, 64<<10, nil)
+	before := readFile(t, backing)
+
+	tests := []struct {
+		name    string
+		locks   string // as the guest's kernel takes them
+		inPlace bool
+		want    string // "": the merge works
+	}{
+		{"guest on this COW file", "w:" + cowPath + ",r:" + backing, false, "COW file " + cowPath + " is in use by process %d (a running guest?); stop the guest first"},
+		{"guest on this COW file, in place", "w:" + cowPath + ",r:" + backing, true, "COW file " + cowPath + " is in use by process %d"},
+		{"guest on another COW file", "w:" + otherCOW + ",r:" + backing, false, ""},
+		{"guest on another COW file, in place", "w:" + otherCOW + ",r:" + backing, true, "backing file " + backing + " is in use by process %d (a running guest?)"},
+		{"guest writing the backing file", "w:" + backing, false, "backing file " + backing + " is in use by process %d"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pid := startGuest(t, tt.locks)
+			var err error
+			newPath := filepath.Join(dir, fmt.Sprintf("new%d.img", i))
+			if tt.inPlace {
+				err = MergeInPlace(context.Background(), cowPath, MergeOptions{})
+			} else {
+				err = Merge(context.Background(), cowPath, newPath, MergeOptions{})
+			}
+			if tt.want == "" {
+				if err != nil {
+					t.Errorf("merge: %v", err)
+				}
+				return
+			}
+			want := fmt.Sprintf(tt.want, pid)
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("merge: %v, want an error with %q", err, want)
+			}
+			var inUse *InUseError
+			if !errors.As(err, &inUse) || inUse.PID != pid {
+				t.Errorf("merge: %#v, want an InUseError for pid %d", err, pid)
+			}
+			if _, err := os.Lstat(newPath); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s: %v; want it absent", newPath, err)
+			}
+		})
+	}
+	if string(before) != string(readFile(t, backing)) {
+		t.Errorf("a refused merge in place changed the backing file")
+	}
+	noTemporaryFiles(t, dir)
+}
+
+func TestLockHolder(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	for _, p := range []string{a, b} {
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pid := startGuest(t, "w:"+a+",r:"+b)
+	tests := []struct {
+		path  string
+		write bool
+		want  int
+	}{
+		{a, false, pid},
+		{a, true, pid},
+		{b, false, 0}, // read locks share
+		{b, true, pid},
+		{filepath.Join(dir, "none"), true, 0},
+	}
+	for _, tt := range tests {
+		if got := LockHolder(tt.path, tt.write); got != tt.want {
+			t.Errorf("LockHolder(%s, %v) = %d, want %d", filepath.Base(tt.path), tt.write, got, tt.want)
+		}
+	}
+}
