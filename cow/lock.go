@@ -10,17 +10,17 @@ import (
 )
 
 // LockHolder is the pid of a process whose fcntl lock on path conflicts
-// with reading it, or with write, writing it; 0 if none, or if path cannot
-// be opened. UML locks its images that way: COW files for writing, backing
-// files for reading. An open file description lock, such as Merge's, has
-// no process: its holder is -1.
-func LockHolder(path string, write bool) int {
+// with reading it, or with write, writing it; 0 if none. UML locks its
+// images that way: COW files for writing, backing files for reading. An
+// open file description lock, such as Merge's, has no process: its holder
+// is -1.
+func LockHolder(path string, write bool) (int, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return 0
+		return 0, err
 	}
 	defer f.Close()
-	return lockHolder(f, write)
+	return lockHolder(f, write), nil
 }
 
 func lockHolder(f *os.File, write bool) int {

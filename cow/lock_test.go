@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -154,11 +155,13 @@ func TestLockHolder(t *testing.T) {
 		{a, true, pid},
 		{b, false, 0}, // read locks share
 		{b, true, pid},
-		{filepath.Join(dir, "none"), true, 0},
 	}
 	for _, tt := range tests {
-		if got := LockHolder(tt.path, tt.write); got != tt.want {
-			t.Errorf("LockHolder(%s, %v) = %d, want %d", filepath.Base(tt.path), tt.write, got, tt.want)
+		if got, err := LockHolder(tt.path, tt.write); err != nil || got != tt.want {
+			t.Errorf("LockHolder(%s, %v) = %d, %v; want %d", filepath.Base(tt.path), tt.write, got, err, tt.want)
 		}
+	}
+	if _, err := LockHolder(filepath.Join(dir, "none"), true); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("LockHolder of a missing file: %v, want it not to exist", err)
 	}
 }

@@ -590,7 +590,8 @@ func TestMergeLocksWhileMerging(t *testing.T) {
 			if _, err := Read(cowPath); err != nil {
 				return 0, err
 			}
-			sawCOW, sawBacking = LockHolder(cowPath, true), LockHolder(backing, true)
+			sawCOW, _ = LockHolder(cowPath, true)
+			sawBacking, _ = LockHolder(backing, true)
 			return w.WriteAt(p, off)
 		})
 	})
@@ -600,7 +601,7 @@ func TestMergeLocksWhileMerging(t *testing.T) {
 	if sawCOW != -1 || sawBacking != -1 {
 		t.Errorf("lock holders seen during the merge: COW file %d, backing file %d; want -1 (open file description locks) for both", sawCOW, sawBacking)
 	}
-	if h := LockHolder(cowPath, true); h != 0 {
-		t.Errorf("after the merge, the COW file is locked by %d", h)
+	if h, err := LockHolder(cowPath, true); err != nil || h != 0 {
+		t.Errorf("after the merge, the COW file is locked by %d (%v)", h, err)
 	}
 }

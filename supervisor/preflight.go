@@ -269,7 +269,7 @@ func (in *inspection) access(path string, mode uint32) error {
 // that conflicts with reading, or with write, writing it: UML locks its
 // images. Check notes the lock of the guest's own running kernel instead.
 func (in *inspection) inUse(what, path string, write bool) error {
-	holder, err := lockHolder(path, write)
+	holder, err := cow.LockHolder(path, write)
 	if err != nil {
 		if !in.dryRun {
 			// A file root can stat it can open: whatever failed, the
@@ -300,25 +300,6 @@ func sameFile(a, b string) bool {
 	fa, errA := os.Stat(a)
 	fb, errB := os.Stat(b)
 	return errA == nil && errB == nil && os.SameFile(fa, fb)
-}
-
-// lockHolder is the pid of a process whose lock (UML locks its images:
-// COW files for writing, backing files for reading) conflicts with
-// reading, or with write, writing path; 0 if none.
-func lockHolder(path string, write bool) (int, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: 0}
-	if write {
-		lk.Type = unix.F_WRLCK
-	}
-	if err := unix.FcntlFlock(f.Fd(), unix.F_GETLK, &lk); err != nil || lk.Type == unix.F_UNLCK {
-		return 0, nil
-	}
-	return int(lk.Pid), nil
 }
 
 // checkAccess checks that acct (with no supplementary groups: the kernel
