@@ -129,7 +129,7 @@ func TestHubSessions(t *testing.T) {
 	}
 	b.Input([]byte("pwd\r"))
 	h.Write([]byte("more\n"))
-	if got := string(b.Take()); got != "boot\nlive" + "more\n" {
+	if got := string(b.Take()); got != "boot\nlive"+"more\n" {
 		t.Errorf("second session got %q", got)
 	}
 	if got := string(a.Take()); got != "" {
