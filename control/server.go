@@ -38,6 +38,8 @@ const (
 	// outputTimeout bounds each write of console output to a client: a
 	// client that stops reading for longer is detached.
 	outputTimeout = 10 * time.Second
+	// closeGrace is how long connections outlive the server's context.
+	closeGrace = time.Second
 	// maxConns bounds the connections served at once.
 	maxConns = 16
 )
@@ -96,7 +98,9 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 			defer wg.Done()
 			defer func() { <-sem }()
 			defer conn.Close()
-			stop := context.AfterFunc(ctx, func() { conn.Close() })
+			// A little later: a session the supervisor just ended is
+			// still telling its client why.
+			stop := context.AfterFunc(ctx, func() { time.AfterFunc(closeGrace, func() { conn.Close() }) })
 			defer stop()
 			if err := s.serve(ctx, conn); err != nil && s.Log != nil && ctx.Err() == nil {
 				s.Log(fmt.Sprintf("control socket: %v", err))
