@@ -116,16 +116,18 @@ func (s *Server) refuse(conn *net.UnixConn, e *wireError) {
 }
 
 func (s *Server) serve(ctx context.Context, conn *net.UnixConn) error {
-	if err := s.checkPeer(conn); err != nil {
-		_ = conn.SetWriteDeadline(time.Now().Add(requestTimeout))
-		_ = writeLine(conn, response{Error: &wireError{Kind: kindDenied, Message: ErrDenied.Error()}})
-		return err
-	}
 	_ = conn.SetDeadline(time.Now().Add(requestTimeout))
 	r := bufio.NewReader(conn)
 	var req request
-	if err := readLine(r, &req); err != nil {
-		return fmt.Errorf("reading a request: %w", err)
+	rerr := readLine(r, &req)
+	// Checked after the request was read, so that the client, which
+	// writes it first, reads the refusal rather than a broken pipe.
+	if err := s.checkPeer(conn); err != nil {
+		_ = writeLine(conn, response{Error: &wireError{Kind: kindDenied, Message: ErrDenied.Error()}})
+		return err
+	}
+	if rerr != nil {
+		return fmt.Errorf("reading a request: %w", rerr)
 	}
 	var resp response
 	switch req.Op {

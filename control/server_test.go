@@ -57,6 +57,9 @@ func (f *fakeHandler) Console() (*Hub, error) {
 // and returns that directory.
 func serve(t *testing.T, s *Server) string {
 	t.Helper()
+	if s.UID == 0 {
+		s.UID = os.Getuid()
+	}
 	dir := t.TempDir()
 	if err := os.Mkdir(filepath.Join(dir, "g"), 0o700); err != nil {
 		t.Fatal(err)
@@ -86,9 +89,6 @@ func serve(t *testing.T, s *Server) string {
 			t.Error("Serve did not return 5 s after its context ended")
 		}
 	})
-	if s.UID == 0 {
-		s.UID = os.Getuid()
-	}
 	return dir
 }
 
