@@ -113,8 +113,10 @@ one per configuration file /etc/uml/NAME.conf.`,
 		return &ExitError{Status: ExitUsage, Err: fmt.Errorf("%w; see %s --help", err, c.CommandPath())}
 	})
 	root.AddCommand(
-	// Each verb adds itself here.
+		// Each verb adds itself here.
+		newConsoleCmd(env),
 	)
+	root.AddCommand(mconsoleCommands(env)...)
 	return root
 }
 
