@@ -31,7 +31,7 @@ FUZZTIME ?= 200000x
 DEB_PACKAGES := pkg-config systemd systemd-container user-mode-linux uml-utilities busybox-static e2fsprogs \
 	iproute2 iptables dnsmasq-base bind9-dnsutils
 
-COMMANDS := uml-generator uml-supervisor
+COMMANDS := uml-generator uml-supervisor umlctl
 UNITS    := uml@.service uml.target
 MANPAGES := uml.conf.5 uml-supervisor.8
 
@@ -68,6 +68,7 @@ install: build
 	install -D -m 0755 bin/uml-generator $(DESTDIR)$(SYSTEMD_GENERATORDIR)/uml-generator
 	install -D -m 0644 -t $(DESTDIR)$(SYSTEMD_UNITDIR) $(addprefix build/units/,$(UNITS))
 	install -D -m 0755 bin/uml-supervisor $(DESTDIR)$(LIBEXECDIR)/umlsd/uml-supervisor
+	install -D -m 0755 bin/umlctl $(DESTDIR)$(BINDIR)/umlctl
 	install -D -m 0644 build/man/uml.conf.5 $(DESTDIR)$(MANDIR)/man5/uml.conf.5
 	install -D -m 0644 build/man/uml-supervisor.8 $(DESTDIR)$(MANDIR)/man8/uml-supervisor.8
 	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/uml
@@ -76,6 +77,7 @@ uninstall:
 	rm -f $(DESTDIR)$(SYSTEMD_GENERATORDIR)/uml-generator
 	rm -f $(addprefix $(DESTDIR)$(SYSTEMD_UNITDIR)/,$(UNITS))
 	rm -f $(DESTDIR)$(LIBEXECDIR)/umlsd/uml-supervisor
+	rm -f $(DESTDIR)$(BINDIR)/umlctl
 	rm -f $(DESTDIR)$(MANDIR)/man5/uml.conf.5 $(DESTDIR)$(MANDIR)/man8/uml-supervisor.8
 
 # Installs what is missing, nothing if everything is there.
