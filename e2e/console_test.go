@@ -178,8 +178,8 @@ func ticks(t *testing.T, m *testbed.Machine) int {
 
 // TestConsole: umlctl console on a real terminal reaches the guest's shell
 // (input, output, window size, Ctrl-C) and detaches with Ctrl-], the guest
-// running on; sysrq, freeze and thaw reach its kernel; a frozen guest
-// still stops cleanly.
+// running on; sysrq, freeze and thaw reach its kernel; a reboot keeps the
+// console; a frozen guest still stops cleanly, and its end ends the session.
 func TestConsole(t *testing.T) {
 	m := bootWithGuests(t, map[string]string{
 		"con":  guestConf("guest.img", readyConsole, "umlsd.shell"),
@@ -308,14 +308,27 @@ func TestConsole(t *testing.T) {
 		}
 	})
 
+	watch := openTerminal(t, m, 24, 80, "console", "con")
+	watch.expect(t, "Connected to con's console")
+	t.Run("a reboot keeps the console", func(t *testing.T) {
+		watch.typeIn(t, "\rreboot\r")
+		// Not in the replay: what comes after the reboot.
+		watch.expect(t, "rcK: stopping all processes")
+		watch.expect(t, "UMLSD-BOOTED")
+		watch.expect(t, "UMLSD-READY")
+		watch.typeIn(t, "\recho REBOOTED-$((40+2))\r")
+		watch.expect(t, "REBOOTED-42")
+		if st := guestStatus(t, m, "con"); st.Boots != 2 || !st.ConsoleAttached {
+			t.Errorf("status %+v after a reboot, want 2 boots and the console still attached", st)
+		}
+	})
+
 	t.Run("a frozen guest stops cleanly", func(t *testing.T) {
 		// Frozen through the raw command: the supervisor follows it too.
 		m.MustRun(t, "umlctl", "mconsole", "con", "stop")
 		if st := guestStatus(t, m, "con"); !st.Frozen {
 			t.Errorf("status %+v after mconsole stop, want frozen", st)
 		}
-		watch := openTerminal(t, m, 24, 80, "console", "con")
-		watch.expect(t, "Connected to con's console")
 		m.MustRun(t, "systemctl", "stop", "uml@con.service")
 		got := journal(t, m, "-u", "uml@con.service")
 		for _, want := range []string{"letting the frozen guest run again", "stopped: the guest shut down cleanly"} {
