@@ -137,8 +137,11 @@ one per configuration file /etc/uml/NAME.conf.`,
 		newJobCmd(env, "stop", "Shut a guest down cleanly and wait until it has stopped"),
 		newJobCmd(env, "restart", "Restart a guest and wait until it is ready again"),
 		newCowCmd(env),
+		newConsoleCmd(env),
+		newCowCmd(env),
 		newCheckCmd(env),
 	)
+	root.AddCommand(mconsoleCommands(env)...)
 	return root
 }
 

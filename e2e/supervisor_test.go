@@ -37,6 +37,9 @@ if has hostfs; then
 	fi
 fi
 has slow && sleep 3
+# An interactive shell on the console, which it takes as its controlling
+# terminal (cttyhack; a session of its own), so that Ctrl-C works in it.
+has shell && start-stop-daemon -S -b -p /run/umlsd-shell.pid -m -x /usr/bin/setsid -- cttyhack sh -i
 has panic && echo c > /proc/sysrq-trigger
 echo "UMLSD-READY"
 has notify && echo READY=1 > /proc/mconsole

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"regexp"
 	"time"
@@ -41,7 +42,9 @@ const maxConsoleLine = 4096
 
 // readConsole logs every console line of the guest until the terminal
 // closes, and closes matched when a line matches pattern (if not nil).
-func readConsole(master *os.File, log Log, pattern *regexp.Regexp, matched chan<- struct{}) {
+// Everything read also goes to out as it is (the console hub, which never
+// blocks), before it is logged.
+func readConsole(master *os.File, out io.Writer, log Log, pattern *regexp.Regexp, matched chan<- struct{}) {
 	var line []byte
 	buf := make([]byte, 4096)
 	flush := func() {
@@ -66,6 +69,9 @@ func readConsole(master *os.File, log Log, pattern *regexp.Regexp, matched chan<
 			_ = master.SetReadDeadline(time.Time{})
 		}
 		n, err := master.Read(buf)
+		if n > 0 {
+			_, _ = out.Write(buf[:n])
+		}
 		for _, b := range buf[:n] {
 			if b == '\n' {
 				flush()

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"bytes"
 	"os"
 	"regexp"
 	"strings"
@@ -31,15 +32,17 @@ func TestReadConsole(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := &recordLog{}
+	var raw bytes.Buffer // read only after readConsole returned
 	matched := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
-		readConsole(r, log, regexp.MustCompile(`^login: ?$`), matched)
+		readConsole(r, &raw, log, regexp.MustCompile(`^login: ?$`), matched)
 		close(done)
 	}()
 	long := strings.Repeat("x", maxConsoleLine+10)
 	// A terminal ends lines with \r\n; a prompt has no line end at all.
-	if _, err := w.WriteString("Linux version 6.1\r\nlogin matched? no\n" + long + "\nlogin: "); err != nil {
+	written := "Linux version 6.1\r\nlogin matched? no\n" + long + "\nlogin: "
+	if _, err := w.WriteString(written); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -52,5 +55,8 @@ func TestReadConsole(t *testing.T) {
 	want := []string{"Linux version 6.1", "login matched? no", long[:maxConsoleLine], long[maxConsoleLine:], "login: "}
 	if diff := cmp.Diff(want, log.lines); diff != "" {
 		t.Errorf("console lines (-want +got):\n%s", diff)
+	}
+	if raw.String() != written {
+		t.Errorf("the console's raw output differs from what was written:\n%q\nwant\n%q", raw.String(), written)
 	}
 }

@@ -3,6 +3,8 @@ package supervisor
 import (
 	"path/filepath"
 	"strconv"
+
+	"umlsd/control"
 )
 
 // RuntimeDir holds one directory per running guest.
@@ -13,7 +15,7 @@ const RuntimeDir = "/run/uml"
 // the kernel reports (its mconsole path) and what the host knows agree.
 //
 // On the host, Dir (mode 0700, root's) holds the record of what was created,
-// the notify socket and the jail's mount point. The kernel sees at Dir a
+// the control socket, the notify socket and the jail's mount point. The kernel sees at Dir a
 // small tmpfs of its own instead (its uml_dir: the kernel writes its umid
 // directory there), with the notify socket bound in and a tmpfs for guest
 // memory below it: everything the guest may write is in memory it cannot
@@ -43,6 +45,9 @@ func (l Layout) State() string { return filepath.Join(l.Dir, stateName) }
 
 // Notify is the socket the kernel sends its mconsole notifications to.
 func (l Layout) Notify() string { return filepath.Join(l.Dir, notifyName) }
+
+// Control is the socket umlctl reaches the supervisor on.
+func (l Layout) Control() string { return filepath.Join(l.Dir, control.SocketName) }
 
 // Jail is the host directory the jail's root is mounted on (in the kernel's
 // mount namespace only).

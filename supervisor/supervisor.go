@@ -27,6 +27,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"umlsd/config"
+	"umlsd/control"
 	"umlsd/mconsole"
 	"umlsd/netprep"
 )
@@ -164,6 +165,12 @@ func (s *Supervisor) Run(ctx context.Context, name string) (err error) {
 			}
 		}
 	}()
+	gs := &guestState{}
+	stopServing, err := s.serveControl(ctx, l, st, gs)
+	if err != nil {
+		return err
+	}
+	defer stopServing() // before release, which removes the socket
 	if err := ctx.Err(); err != nil {
 		return nil // stopped before anything started
 	}
@@ -171,7 +178,8 @@ func (s *Supervisor) Run(ctx context.Context, name string) (err error) {
 	if err != nil {
 		return err
 	}
-	return s.supervise(ctx, p, k)
+	gs.setKernel(k)
+	return s.supervise(ctx, p, k, gs)
 }
 
 // claim makes the guest's runtime directory and locks its record, after
@@ -281,6 +289,7 @@ type kernel struct {
 	kernelRef
 	cmd      *exec.Cmd
 	console  *os.File
+	hub      *control.Hub // the console's output for umlctl console
 	notes    *mconsole.Listener
 	exited   chan struct{} // closed when the kernel exited (not yet reaped)
 	consoled chan struct{} // closed when the console has been read to its end
@@ -346,7 +355,7 @@ func (s *Supervisor) start(ctx context.Context, p *plan, st *stateFile) (k *kern
 	}
 	defer peer.Close() // the kernel has its own copies
 	s.status("starting the kernel")
-	k = &kernel{kernelRef: kernelRef{layout: l}, console: master, notes: notes,
+	k = &kernel{kernelRef: kernelRef{layout: l}, console: master, notes: notes, hub: control.NewHub(consoleTerminal{master}),
 		exited: make(chan struct{}), consoled: make(chan struct{})}
 	// The stage becomes the kernel, same pid and start time: recorded
 	// before the kernel runs.
@@ -455,7 +464,7 @@ type guestEvents struct {
 // fails, logging panics, hangs and reboots as they come. It never blocks on
 // the loop: a guest that writes much to /proc/mconsole must not delay the
 // reboot notification the stop ladder waits for.
-func (s *Supervisor) receive(ctx context.Context, k *kernel, ev *guestEvents) {
+func (s *Supervisor) receive(ctx context.Context, k *kernel, ev *guestEvents, gs *guestState) {
 	boots, junk := 0, 0
 	for {
 		n, err := k.notes.Receive(ctx)
@@ -472,6 +481,7 @@ func (s *Supervisor) receive(ctx context.Context, k *kernel, ev *guestEvents) {
 		}
 		switch n.Type {
 		case mconsole.NotifySocket:
+			gs.booted()
 			if boots++; boots > 1 {
 				s.Log.Event(journal.PriNotice, "the guest rebooted")
 			}
@@ -497,7 +507,7 @@ func (s *Supervisor) receive(ctx context.Context, k *kernel, ev *guestEvents) {
 
 // supervise waits for the guest to be ready, keeps the watchdog fed, and
 // stops the guest when ctx ends; it returns when the kernel has exited.
-func (s *Supervisor) supervise(ctx context.Context, p *plan, k *kernel) error {
+func (s *Supervisor) supervise(ctx context.Context, p *plan, k *kernel, gs *guestState) error {
 	g := p.guest
 	pattern := g.Ready.Pattern
 	if g.Ready.Kind != config.ReadyConsole {
@@ -505,14 +515,14 @@ func (s *Supervisor) supervise(ctx context.Context, p *plan, k *kernel) error {
 	}
 	consoleMatched := make(chan struct{})
 	go func() {
-		readConsole(k.console, s.Log, pattern, consoleMatched)
+		readConsole(k.console, k.hub, s.Log, pattern, consoleMatched)
 		close(k.consoled)
 	}()
 	defer k.notes.Close()
 	rctx, stopReceiving := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopReceiving()
 	ev := &guestEvents{sockets: make(chan struct{}, 1), user: make(chan string, 16)}
-	go s.receive(rctx, k, ev)
+	go s.receive(rctx, k, ev, gs)
 
 	var tcpReady <-chan struct{}
 	var probe *tcpProbe
@@ -557,6 +567,7 @@ func (s *Supervisor) supervise(ctx context.Context, p *plan, k *kernel) error {
 			return
 		}
 		ready = true
+		gs.setReady()
 		readyTimeout = nil
 		version, _ := k.Command(ctx, "version")
 		s.Log.Event(journal.PriNotice, "the guest is ready: "+why)
@@ -579,7 +590,7 @@ func (s *Supervisor) supervise(ctx context.Context, p *plan, k *kernel) error {
 		case <-k.exited:
 			return s.finish(k, ev)
 		case <-ctx.Done():
-			return s.stop(k, ev, g, ready, "stopping")
+			return s.stop(k, ev, gs, g, ready, "stopping")
 		case <-readyTimeout:
 			why := ""
 			switch {
@@ -592,7 +603,7 @@ func (s *Supervisor) supervise(ctx context.Context, p *plan, k *kernel) error {
 			}
 			err := fmt.Errorf("the guest was not ready within ReadyTimeout=%s (Ready=%s)%s", g.ReadyTimeout, g.Ready, why)
 			s.Log.Event(journal.PriErr, err.Error()+"; stopping it")
-			if serr := s.stop(k, ev, g, false, "not ready in time; stopping"); serr != nil {
+			if serr := s.stop(k, ev, gs, g, false, "not ready in time; stopping"); serr != nil {
 				return errors.Join(err, serr)
 			}
 			return err
@@ -633,13 +644,15 @@ func (s *Supervisor) supervise(ctx context.Context, p *plan, k *kernel) error {
 // stop runs the stop ladder on the kernel and reaps it. A guest that is not
 // ready yet is not asked to shut down: before its init takes Ctrl-Alt-Del
 // over, cad reboots the kernel at once.
-func (s *Supervisor) stop(k *kernel, ev *guestEvents, g *config.Guest, ready bool, what string) error {
+func (s *Supervisor) stop(k *kernel, ev *guestEvents, gs *guestState, g *config.Guest, ready bool, what string) error {
 	s.notify("STOPPING=1")
 	select {
 	case <-k.exited: // it ended on its own first
 		return s.finish(k, ev)
 	default:
 	}
+	// A frozen guest would not shut down on cad.
+	s.thawForStop(k, gs)
 	step, err := stopKernel(context.Background(), k, k.exited, ev.sockets, defaultLadder(g.StopTimeout), ready,
 		func(step string) { s.status("%s: %s", what, step) })
 	if err != nil {
@@ -690,6 +703,17 @@ func (s *Supervisor) finish(k *kernel, ev *guestEvents) error {
 	case <-time.After(2 * time.Second):
 	}
 	k.console.Close()
+	outcome := s.outcome(k, ev)
+	if outcome == nil {
+		k.hub.Close("the guest powered off; the console session ended")
+	} else {
+		k.hub.Close("the guest's kernel exited (" + outcome.Error() + "); the console session ended")
+	}
+	return outcome
+}
+
+// outcome says how the reaped kernel ended: nil for a poweroff.
+func (s *Supervisor) outcome(k *kernel, ev *guestEvents) error {
 	ws := k.cmd.ProcessState.Sys().(syscall.WaitStatus)
 	aborted := ws.Signaled() && ws.Signal() == syscall.SIGABRT
 	panicMsg := ev.panicMessage()

@@ -715,6 +715,33 @@ func (m *Machine) MustRun(t testing.TB, args ...string) string {
 	return stdout
 }
 
+// Command returns a command that runs args inside the machine, as Run
+// does, for a caller that sets its standard streams (a terminal, say) and
+// starts and waits for it. It dies with the test process.
+func (m *Machine) Command(ctx context.Context, args ...string) (*exec.Cmd, error) {
+	pid1 := m.leader()
+	if pid1 == 0 {
+		return nil, fmt.Errorf("running %q in machine %s: machine is not running", args, m.name)
+	}
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"-t", strconv.Itoa(pid1), "-a", "--"}, args...)...)
+	cmd.Env = machineEnv()
+	cmd.WaitDelay = time.Second
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd, nil
+}
+
+// HostPath is where the host reaches path of the running machine: through
+// its PID 1's root, which also shows what is mounted inside (its /run).
+func (m *Machine) HostPath(path string) (string, error) {
+	pid1 := m.leader()
+	if pid1 == 0 {
+		return "", fmt.Errorf("finding %s in machine %s: machine is not running", path, m.name)
+	}
+	return filepath.Join(procRoot(pid1), path), nil
+}
+
+func procRoot(pid int) string { return "/proc/" + strconv.Itoa(pid) + "/root" }
+
 // WriteFile writes a file into the machine, at path inside the machine,
 // creating parent directories. The file is owned by root with mode perm.
 func (m *Machine) WriteFile(t testing.TB, path string, data []byte, perm os.FileMode) {

@@ -1,0 +1,278 @@
+package control
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"umlsd/mconsole"
+)
+
+// Handler is what the server asks the supervisor.
+type Handler interface {
+	Status(ctx context.Context) (Status, error)
+	// Mconsole runs a management console command on the kernel; a kernel
+	// that refuses it gives a *mconsole.CommandError.
+	Mconsole(ctx context.Context, command string) (string, error)
+	// Console is the guest's console hub: ErrNotRunning before the kernel
+	// has started.
+	Console() (*Hub, error)
+}
+
+// Server timeouts.
+const (
+	// requestTimeout bounds reading a request and writing a response.
+	requestTimeout = 5 * time.Second
+	// maxCommandTimeout caps the time a client may give an mconsole command.
+	maxCommandTimeout = time.Minute
+	// defaultCommandTimeout is for clients that give none.
+	defaultCommandTimeout = 10 * time.Second
+	// outputTimeout bounds each write of console output to a client: a
+	// client that stops reading for longer is detached.
+	outputTimeout = 10 * time.Second
+	// closeGrace is how long connections outlive the server's context.
+	closeGrace = time.Second
+	// maxConns bounds the connections served at once.
+	maxConns = 16
+)
+
+// Server answers on a guest's control socket.
+type Server struct {
+	Handler Handler
+	// UID is the only user served: 0 (root) on a host.
+	UID int
+	// Log reports what went wrong with a client (nil: nothing).
+	Log func(msg string)
+}
+
+// Listen makes the control socket at path, mode 0600. Its directory must
+// be root's and private (mode 0700): that, the mode and Server's peer
+// check keep other users out.
+func Listen(path string) (*net.UnixListener, error) {
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("making the control socket: %w", err)
+	}
+	l.SetUnlinkOnClose(false) // the supervisor removes it from its record
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("making the control socket private: %w", err)
+	}
+	return l, nil
+}
+
+// Serve answers connections on l until ctx ends, then closes l and ends
+// every connection, and returns once they are all done.
+func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	sem := make(chan struct{}, maxConns)
+	for {
+		conn, err := l.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("accepting on the control socket: %w", err)
+		}
+		select {
+		case sem <- struct{}{}:
+		default:
+			s.refuse(conn, &wireError{Kind: kindFailed, Message: "the supervisor is busy with other requests; try again"})
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			defer conn.Close()
+			// A little later: a session the supervisor just ended is
+			// still telling its client why.
+			stop := context.AfterFunc(ctx, func() { time.AfterFunc(closeGrace, func() { conn.Close() }) })
+			defer stop()
+			if err := s.serve(ctx, conn); err != nil && s.Log != nil && ctx.Err() == nil {
+				s.Log(fmt.Sprintf("control socket: %v", err))
+			}
+		}()
+	}
+}
+
+func (s *Server) refuse(conn *net.UnixConn, e *wireError) {
+	defer conn.Close()
+	_ = conn.SetWriteDeadline(time.Now().Add(requestTimeout))
+	_ = writeLine(conn, response{Error: e})
+}
+
+func (s *Server) serve(ctx context.Context, conn *net.UnixConn) error {
+	_ = conn.SetDeadline(time.Now().Add(requestTimeout))
+	r := bufio.NewReader(conn)
+	var req request
+	rerr := readLine(r, &req)
+	// Checked after the request was read, so that the client, which
+	// writes it first, reads the refusal rather than a broken pipe.
+	if err := s.checkPeer(conn); err != nil {
+		_ = writeLine(conn, response{Error: &wireError{Kind: kindDenied, Message: ErrDenied.Error()}})
+		return err
+	}
+	if rerr != nil {
+		return fmt.Errorf("reading a request: %w", rerr)
+	}
+	var resp response
+	switch req.Op {
+	case opStatus:
+		cctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		st, err := s.Handler.Status(cctx)
+		cancel()
+		if err != nil {
+			resp.Error = toWire(err)
+		} else {
+			resp.Status = &st
+		}
+	case opMconsole:
+		d := time.Duration(req.Timeout) * time.Millisecond
+		if d <= 0 {
+			d = defaultCommandTimeout
+		}
+		d = min(d, maxCommandTimeout)
+		cctx, cancel := context.WithTimeout(ctx, d)
+		reply, err := s.Handler.Mconsole(cctx, req.Command)
+		cancel()
+		if err != nil {
+			resp.Error = toWire(err)
+		} else {
+			resp.Reply = &reply
+		}
+	case opAttach:
+		return s.attach(ctx, conn, r, req)
+	default:
+		resp.Error = &wireError{Kind: kindFailed, Message: fmt.Sprintf("unknown request %q; umlctl and uml-supervisor are of different versions", req.Op)}
+	}
+	_ = conn.SetDeadline(time.Now().Add(requestTimeout))
+	return writeLine(conn, resp)
+}
+
+// checkPeer refuses a peer that is not s.UID.
+func (s *Server) checkPeer(conn *net.UnixConn) error {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return err
+	}
+	if cerr != nil {
+		return fmt.Errorf("reading the peer's credentials: %w", cerr)
+	}
+	if int(cred.Uid) != s.UID {
+		return fmt.Errorf("refused a client of uid %d (pid %d): the control socket answers uid %d only", cred.Uid, cred.Pid, s.UID)
+	}
+	return nil
+}
+
+// toWire turns a handler's error into what the client decodes.
+func toWire(err error) *wireError {
+	var ce *mconsole.CommandError
+	switch {
+	case errors.As(err, &ce):
+		return &wireError{Kind: kindKernel, Message: ce.Message, Command: ce.Command, Code: ce.Code}
+	case errors.Is(err, ErrNotRunning):
+		return &wireError{Kind: kindNotRunning, Message: err.Error()}
+	case errors.Is(err, context.DeadlineExceeded):
+		return &wireError{Kind: kindTimeout, Message: err.Error()}
+	case errors.Is(err, ErrBusy):
+		return &wireError{Kind: kindBusy, Message: err.Error()}
+	}
+	return &wireError{Kind: kindFailed, Message: err.Error()}
+}
+
+// attach serves a console session until the client detaches, the session
+// ends, or ctx ends.
+func (s *Server) attach(ctx context.Context, conn *net.UnixConn, r *bufio.Reader, req request) error {
+	hub, err := s.Handler.Console()
+	var sess *Session
+	if err == nil {
+		sess, err = hub.Attach(req.Force)
+	}
+	if err != nil {
+		_ = conn.SetDeadline(time.Now().Add(requestTimeout))
+		return writeLine(conn, response{Error: toWire(err)})
+	}
+	defer sess.Detach()
+	if req.Rows > 0 && req.Cols > 0 {
+		_ = sess.Resize(req.Rows, req.Cols)
+	}
+	_ = conn.SetDeadline(time.Now().Add(requestTimeout))
+	if err := writeLine(conn, response{Attached: true}); err != nil {
+		return err
+	}
+	_ = conn.SetDeadline(time.Time{})
+
+	// Output: its own goroutine, so that a client that does not read
+	// holds up only itself, and is dropped after outputTimeout.
+	outDone := make(chan struct{})
+	go func() {
+		defer close(outDone)
+		send := func(typ byte, p []byte) bool {
+			_ = conn.SetWriteDeadline(time.Now().Add(outputTimeout))
+			return writeFrame(conn, typ, p) == nil
+		}
+		for {
+			select {
+			case <-sess.Wake():
+				if p := sess.Take(); len(p) > 0 && !send(frameOutput, p) {
+					sess.Detach()
+					conn.Close() // also ends the input loop
+					return
+				}
+			case <-sess.Done():
+				if p := sess.Take(); len(p) > 0 && !send(frameOutput, p) {
+					return
+				}
+				if reason := sess.Reason(); reason != "" {
+					send(frameNotice, []byte(reason))
+				}
+				conn.Close()
+				return
+			}
+		}
+	}()
+	// Input until the client closes (detach) or the session ends, which
+	// closes the connection.
+	var ierr error
+	for {
+		typ, p, err := readFrame(r)
+		if err != nil {
+			break
+		}
+		switch typ {
+		case frameInput:
+			err = sess.Input(p)
+		case frameSize:
+			if len(p) == 4 {
+				err = sess.Resize(binary.BigEndian.Uint16(p), binary.BigEndian.Uint16(p[2:]))
+			}
+		}
+		if err != nil && !errors.Is(err, errDetached) {
+			ierr = fmt.Errorf("passing console input: %w", err)
+		}
+	}
+	sess.Detach()
+	<-outDone
+	return ierr
+}
