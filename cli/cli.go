@@ -74,19 +74,30 @@ type Env struct {
 	// Checker checks the host for a guest's start (check); nil is the
 	// host's own, supervisor.NewChecker.
 	Checker GuestChecker
+	// Kernel asks a running guest's supervisor and kernel; errNotRunning
+	// if the guest has no supervisor.
+	Kernel func(ctx context.Context, name string) (kernelInfo, error)
+	// Traffic reads a running guest's packet and drop counters.
+	Traffic func(context.Context, *config.Guest) (traffic, error)
+	// ConsoleLog reads a guest's last n console lines.
+	ConsoleLog func(ctx context.Context, name string, n int) ([]string, error)
 }
 
 // HostEnv is the Env of the host umlctl runs on. UMLSD_CONFIG_DIR and
 // UMLSD_RUNTIME_DIR override the directories, as for uml-supervisor.
 func HostEnv(stdin io.Reader, stdout, stderr io.Writer) *Env {
+	runtimeDir := envOr("UMLSD_RUNTIME_DIR", "/run/uml")
 	return &Env{
 		Stdin:      stdin,
 		Stdout:     stdout,
 		Stderr:     stderr,
 		ConfigDir:  envOr("UMLSD_CONFIG_DIR", config.DefaultDir),
-		RuntimeDir: envOr("UMLSD_RUNTIME_DIR", "/run/uml"),
+		RuntimeDir: runtimeDir,
 		Now:        time.Now,
 		Systemd:    dialSystemd,
+		Kernel:     hostKernel(runtimeDir),
+		Traffic:    hostTraffic,
+		ConsoleLog: journalConsole,
 	}
 }
 
@@ -106,7 +117,7 @@ func Run(ctx context.Context, args []string, env *Env) error {
 	}
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
-	if err != nil {
+	if err != nil && !errors.Is(err, errSilent) {
 		fmt.Fprintf(env.Stderr, "umlctl: %v\n", err)
 	}
 	return err
@@ -133,10 +144,10 @@ one per configuration file /etc/uml/NAME.conf.`,
 	})
 	root.AddCommand(
 		newListCmd(env),
+		newStatusCmd(env),
 		newJobCmd(env, "start", "Start a guest and wait until it is ready"),
 		newJobCmd(env, "stop", "Shut a guest down cleanly and wait until it has stopped"),
 		newJobCmd(env, "restart", "Restart a guest and wait until it is ready again"),
-		newCowCmd(env),
 		newConsoleCmd(env),
 		newCowCmd(env),
 		newCheckCmd(env),

@@ -29,7 +29,7 @@ type fakeSupervisor struct {
 }
 
 func (f *fakeSupervisor) Status(context.Context) (control.Status, error) {
-	return control.Status{KernelPID: 1}, nil
+	return control.Status{KernelPID: 1, Boots: 2, Ready: true}, nil
 }
 
 func (f *fakeSupervisor) Mconsole(ctx context.Context, cmd string) (string, error) {
@@ -46,6 +46,10 @@ func (f *fakeSupervisor) Mconsole(ctx context.Context, cmd string) (string, erro
 		return "sysrq: Emergency Sync\n", nil
 	case cmd == "stop":
 		return "stopped", nil
+	case cmd == "version":
+		return "Linux 6.1.176 #1 SMP", nil
+	case cmd == "proc uptime":
+		return "12270.50 100.00\n", nil
 	}
 	return "reply to " + cmd, nil
 }
@@ -125,7 +129,7 @@ func TestMconsoleVerbs(t *testing.T) {
 		{[]string{"mconsole", "--timeout", "300ms", "g", "hang"}, result{1, "", `umlctl: the kernel of guest g did not answer "hang" within 300ms; it may be hung (see systemctl status uml@g.service), or give it more time with --timeout` + "\n"}, []string{"hang"}},
 		{[]string{"mconsole", "--timeout", "0s", "g", "version"}, result{2, "", "umlctl: --timeout must be positive; see umlctl mconsole --help\n"}, nil},
 		{[]string{"freeze", "idle"}, result{3, "", "umlctl: guest idle is not running; start it with systemctl start uml@idle.service\n"}, nil},
-		{[]string{"thaw", "nosuch"}, result{4, "", "umlctl: there is no guest nosuch: CONFIG/nosuch.conf does not exist\n"}, nil},
+		{[]string{"thaw", "nosuch"}, result{4, "", "umlctl: there is no guest nosuch: CONFIG/nosuch.conf does not exist; umlctl list shows the guests\n"}, nil},
 		{[]string{"sysrq", "Bad/Name", "s"}, result{4, "", `umlctl: there is no guest "Bad/Name": a guest name is up to 32 lowercase letters, digits, - and _, starting with a letter or digit` + "\n"}, nil},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -229,7 +233,7 @@ func TestConsoleNoGuest(t *testing.T) {
 		want result
 	}{
 		{"idle", result{3, "", "umlctl: guest idle is not running; start it with systemctl start uml@idle.service\n"}},
-		{"nosuch", result{4, "", "umlctl: there is no guest nosuch: CONFIG/nosuch.conf does not exist\n"}},
+		{"nosuch", result{4, "", "umlctl: there is no guest nosuch: CONFIG/nosuch.conf does not exist; umlctl list shows the guests\n"}},
 	} {
 		got := run(t, env, strings.NewReader(""), "console", tt.name)
 		got.Stderr = strings.ReplaceAll(got.Stderr, env.ConfigDir, "CONFIG")

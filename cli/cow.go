@@ -161,15 +161,23 @@ func yesNo(b bool) string {
 // bytesText is n bytes, exactly and, from 1 KiB on, roughly in binary
 // units.
 func bytesText(n int64) string {
-	units := []string{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
 	if n < 1024 {
 		return fmt.Sprintf("%d bytes", n)
+	}
+	return fmt.Sprintf("%d bytes (%s)", n, humanBytes(uint64(n)))
+}
+
+// humanBytes is n roughly, in binary units.
+func humanBytes(n uint64) string {
+	units := []string{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
 	}
 	v, u := float64(n)/1024, 0
 	for v >= 1024 && u < len(units)-1 {
 		v, u = v/1024, u+1
 	}
-	return fmt.Sprintf("%d bytes (%.1f %s)", n, v, units[u])
+	return fmt.Sprintf("%.1f %s", v, units[u])
 }
 
 func timeText(sec int64) string {

@@ -20,9 +20,9 @@ import (
 
 const fixtureMTime = 1700000000
 
-// testEnv is an Env with buffers for the output, no input and an empty
+// cowEnv is an Env with buffers for the output, no input and an empty
 // configuration directory.
-func testEnv(t *testing.T) (*Env, *bytes.Buffer, *bytes.Buffer) {
+func cowEnv(t *testing.T) (*Env, *bytes.Buffer, *bytes.Buffer) {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
 	return &Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, ConfigDir: t.TempDir(), RuntimeDir: t.TempDir()}, &stdout, &stderr
@@ -80,8 +80,8 @@ func setMTime(t *testing.T, path string, sec int64) {
 	}
 }
 
-// run runs umlctl with args and returns its exit status.
-func run(env *Env, args ...string) int {
+// exitOf runs umlctl with args and returns its exit status.
+func exitOf(env *Env, args ...string) int {
 	return ExitStatus(Run(context.Background(), args, env))
 }
 
@@ -104,12 +104,12 @@ func TestCowInfoGolden(t *testing.T) {
 				dir := physicalTempDir(t)
 				backing, cowPath := cowFixture(t, dir)
 				tt.spoil(t, backing)
-				env, stdout, stderr := testEnv(t)
+				env, stdout, stderr := cowEnv(t)
 				args := []string{"cow", "info", cowPath}
 				if format == "json" {
 					args = []string{"cow", "info", "--json", cowPath}
 				}
-				if st := run(env, args...); st != 0 {
+				if st := exitOf(env, args...); st != 0 {
 					t.Fatalf("exit status %d, stderr:\n%s", st, stderr)
 				}
 				// The temporary directory and the allocation, which depends on
@@ -150,8 +150,8 @@ func TestCowUsage(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			env, _, stderr := testEnv(t)
-			if got := run(env, tt.args...); got != tt.want {
+			env, _, stderr := cowEnv(t)
+			if got := exitOf(env, tt.args...); got != tt.want {
 				t.Errorf("exit status %d, want %d; stderr:\n%s", got, tt.want, stderr)
 			}
 			if !strings.HasPrefix(stderr.String(), "umlctl: ") || strings.Count(stderr.String(), "\n") != 1 {
@@ -168,11 +168,11 @@ func TestCowCreateAndMerge(t *testing.T) {
 		t.Fatal(err)
 	}
 	cowPath, merged := filepath.Join(dir, "root.cow"), filepath.Join(dir, "merged.img")
-	env, stdout, stderr := testEnv(t)
-	if st := run(env, "cow", "create", backing, cowPath); st != 0 {
+	env, stdout, stderr := cowEnv(t)
+	if st := exitOf(env, "cow", "create", backing, cowPath); st != 0 {
 		t.Fatalf("cow create: exit status %d, stderr:\n%s", st, stderr)
 	}
-	if st := run(env, "cow", "merge", cowPath, merged); st != 0 {
+	if st := exitOf(env, "cow", "merge", cowPath, merged); st != 0 {
 		t.Fatalf("cow merge: exit status %d, stderr:\n%s", st, stderr)
 	}
 	if want := "Merged " + cowPath + " into " + merged + ": 0 sectors, 0 bytes, from the COW file, in "; !strings.Contains(stdout.String(), want) {
@@ -187,7 +187,7 @@ func TestCowCreateAndMerge(t *testing.T) {
 	}
 	// Again: the new image exists.
 	stderr.Reset()
-	if st := run(env, "cow", "merge", cowPath, merged); st != ExitFailure {
+	if st := exitOf(env, "cow", "merge", cowPath, merged); st != ExitFailure {
 		t.Errorf("cow merge onto an existing file: exit status %d, want %d", st, ExitFailure)
 	}
 	if want := "merged.img already exists; remove it or choose another name"; !strings.Contains(stderr.String(), want) {
@@ -210,13 +210,13 @@ func TestCowMergeInPlace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env, stdout, stderr := testEnv(t)
+	env, stdout, stderr := cowEnv(t)
 	writeGuest(t, env, "web", backing)
 	writeGuest(t, env, "db", backing)
 	writeGuest(t, env, "other", filepath.Join(dir, "other.img"))
 
 	// Without --yes and without a terminal: refused, nothing changed.
-	if st := run(env, "cow", "merge", "--in-place", cowPath); st != ExitUsage {
+	if st := exitOf(env, "cow", "merge", "--in-place", cowPath); st != ExitUsage {
 		t.Errorf("merge --in-place without --yes: exit status %d, want %d", st, ExitUsage)
 	}
 	wantWarning := "Warning: merging " + cowPath + " into " + backing + " in place changes " + backing +
@@ -231,7 +231,7 @@ func TestCowMergeInPlace(t *testing.T) {
 	}
 
 	stderr.Reset()
-	if st := run(env, "cow", "merge", "--in-place", "-y", cowPath); st != 0 {
+	if st := exitOf(env, "cow", "merge", "--in-place", "-y", cowPath); st != 0 {
 		t.Fatalf("merge --in-place -y: exit status %d, stderr:\n%s", st, stderr)
 	}
 	if diff := cmp.Diff(wantWarning, stderr.String()); diff != "" {
@@ -252,13 +252,13 @@ func TestCowMergeInPlace(t *testing.T) {
 		t.Errorf("backing file after the merge is not the backing file with sectors 1 and 2 from the COW file")
 	}
 	// The COW file is now invalid.
-	if err := run(env, "cow", "merge", "--in-place", "-y", cowPath); err != ExitFailure {
+	if err := exitOf(env, "cow", "merge", "--in-place", "-y", cowPath); err != ExitFailure {
 		t.Errorf("second merge in place: exit status %d, want %d", err, ExitFailure)
 	}
 }
 
 func TestWithGuests(t *testing.T) {
-	env, _, _ := testEnv(t)
+	env, _, _ := cowEnv(t)
 	writeGuest(t, env, "web", "/srv/root.img")
 	inUse := &cow.InUseError{Role: "backing file", Path: "/srv/root.img", PID: 42}
 	err := withGuests(env, fmt.Errorf("merging: %w", inUse))

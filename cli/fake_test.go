@@ -3,11 +3,14 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"umlsd/config"
 )
 
 // fakeSystemd answers from a table of unit states and records jobs.
@@ -67,6 +70,13 @@ func newTestEnv(t *testing.T, configs map[string]string, sd *fakeSystemd) *Env {
 		RuntimeDir: t.TempDir(),
 		Now:        func() time.Time { return testNow },
 		Systemd:    func(context.Context) (systemd, error) { return sd, nil },
+		Kernel: func(context.Context, string) (kernelInfo, error) {
+			return kernelInfo{}, errNotRunning
+		},
+		Traffic: func(context.Context, *config.Guest) (traffic, error) {
+			return traffic{}, errors.New("no traffic in this test")
+		},
+		ConsoleLog: func(context.Context, string, int) ([]string, error) { return []string{}, nil },
 	}
 }
 

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,15 +15,36 @@ import (
 	"umlsd/mconsole"
 )
 
+// requireGuest checks that guest name is configured: ExitNoGuest if not.
+func requireGuest(env *Env, name string) error {
+	if !config.ValidName(name) {
+		return exitErrorf(ExitNoGuest, "there is no guest %q: a guest name is up to 32 lowercase letters, digits, - and _, starting with a letter or digit", name)
+	}
+	path := filepath.Join(env.ConfigDir, name+".conf")
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return exitErrorf(ExitNoGuest, "there is no guest %s: %s does not exist; umlctl list shows the guests", name, path)
+	}
+	return nil
+}
+
+// loadGuest reads guest name's configuration: ExitNoGuest if there is
+// none.
+func loadGuest(env *Env, name string) (*config.Guest, error) {
+	if err := requireGuest(env, name); err != nil {
+		return nil, err
+	}
+	g, err := config.Loader{Dir: env.ConfigDir}.Load(name)
+	if err != nil {
+		return nil, fmt.Errorf("guest %s has a broken configuration: %w", name, err)
+	}
+	return g, nil
+}
+
 // dialGuest reaches the supervisor of guest name: ExitNoGuest if there is
 // no such guest, ExitNotRunning if it is not running.
 func dialGuest(ctx context.Context, env *Env, name string) (*control.Client, error) {
-	path := filepath.Join(env.ConfigDir, name+".conf")
-	if !config.ValidName(name) {
-		return nil, exitErrorf(ExitNoGuest, "there is no guest %q: a guest name is up to 32 lowercase letters, digits, - and _, starting with a letter or digit", name)
-	}
-	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-		return nil, exitErrorf(ExitNoGuest, "there is no guest %s: %s does not exist", name, path)
+	if err := requireGuest(env, name); err != nil {
+		return nil, err
 	}
 	c, err := control.Dial(ctx, env.RuntimeDir, name)
 	if err != nil {

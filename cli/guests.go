@@ -3,11 +3,8 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,23 +15,6 @@ import (
 
 	"umlsd/config"
 )
-
-// loadGuest reads guest name's configuration. A name without a
-// configuration file exits ExitNoGuest.
-func loadGuest(env *Env, name string) (*config.Guest, error) {
-	if !config.ValidName(name) {
-		return nil, exitErrorf(ExitUsage, "%q is not a guest name: guests are named after their files in %s", name, env.ConfigDir)
-	}
-	path := filepath.Join(env.ConfigDir, name+".conf")
-	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-		return nil, exitErrorf(ExitNoGuest, "no guest named %s: %s does not exist; umlctl list shows the guests", name, path)
-	}
-	g, err := config.Loader{Dir: env.ConfigDir}.Load(name)
-	if err != nil {
-		return nil, fmt.Errorf("guest %s has a broken configuration: %w", name, err)
-	}
-	return g, nil
-}
 
 // completeGuests completes guest names from the configuration directory.
 func completeGuests(env *Env) cobra.CompletionFunc {

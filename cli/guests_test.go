@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -9,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"umlsd/config"
 	"umlsd/internal/golden"
 )
 
@@ -92,6 +95,67 @@ func TestGuestCommands(t *testing.T) {
 			if diff := cmp.Diff(tc.jobs, sd.jobs); diff != "" {
 				t.Errorf("systemd jobs (-want +got):\n%s", diff)
 			}
+		})
+	}
+}
+
+func TestStatus(t *testing.T) {
+	running := unitState{
+		LoadState: "loaded", ActiveState: "active", SubState: "running",
+		ActiveSince: testNow.Add(-3*time.Hour - 25*time.Minute), StatusText: "running: Linux version 6.1.176",
+	}
+	kernel := kernelInfo{PID: 4242, Version: "Linux version 6.1.176 (debian@uml) #1", Uptime: 12270.5, Boots: 2, Ready: true}
+	console := []string{"dnsmasq[1]: started, version 2.89", "dns login: "}
+	counters := traffic{FromPackets: 120, FromBytes: 14100, ToPackets: 98, ToBytes: 2 << 20, Spoofed: 3, Policy: 17}
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		unit    unitState
+		kernel  *kernelInfo
+		kerr    error
+		traffic *traffic
+	}{
+		{name: "status", args: []string{"status", "dns"}, unit: running, kernel: &kernel, traffic: &counters},
+		{name: "status-json", args: []string{"status", "--json", "dns"}, unit: running, kernel: &kernel, traffic: &counters},
+		{name: "status-frozen", args: []string{"status", "web"}, unit: running, kernel: &kernelInfo{PID: 77, Boots: 1, Frozen: true}},
+		{name: "status-stopped", args: []string{"status", "dns"}, unit: unitState{ActiveState: "inactive", SubState: "dead"}},
+		{
+			name: "status-failed", args: []string{"status", "web"},
+			unit: unitState{ActiveState: "failed", SubState: "failed", Result: "watchdog", StatusText: "failed: the kernel stopped answering"},
+		},
+		{
+			name: "status-unreachable", args: []string{"status", "dns"}, unit: running,
+			kerr: errors.New("asking the supervisor of dns: no answer within 5s"), traffic: &counters,
+		},
+		{name: "status-unknown", args: []string{"status", "nope"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sd := &fakeSystemd{units: map[string]unitState{"uml@dns.service": tc.unit, "uml@web.service": tc.unit}}
+			env := newTestEnv(t, testConfigs, sd)
+			env.Kernel = func(_ context.Context, name string) (kernelInfo, error) {
+				if tc.kernel != nil {
+					return *tc.kernel, nil
+				}
+				if tc.kerr != nil {
+					return kernelInfo{}, tc.kerr
+				}
+				return kernelInfo{}, errNotRunning
+			}
+			env.Traffic = func(context.Context, *config.Guest) (traffic, error) {
+				if tc.traffic == nil {
+					t.Error("counters read for a guest not running or without a network")
+					return traffic{}, nil
+				}
+				return *tc.traffic, nil
+			}
+			env.ConsoleLog = func(_ context.Context, name string, n int) ([]string, error) {
+				if n != 10 {
+					t.Errorf("asked for %d console lines, want the default 10", n)
+				}
+				return console, nil
+			}
+			stdout, stderr, status := runCLI(t, env, tc.args...)
+			golden.Check(t, filepath.Join("testdata", tc.name+".golden"), transcript(tc.args, stdout, stderr, status))
 		})
 	}
 }
