@@ -193,7 +193,7 @@ func TestConsole(t *testing.T) {
 		stderr string
 	}{
 		{[]string{"console", "idle"}, 3, "umlctl: guest idle is not running; start it with systemctl start uml@idle.service\n"},
-		{[]string{"console", "nosuch"}, 4, "umlctl: there is no guest nosuch: /etc/uml/nosuch.conf does not exist\n"},
+		{[]string{"console", "nosuch"}, 4, "umlctl: there is no guest nosuch: /etc/uml/nosuch.conf does not exist; umlctl list shows the guests\n"},
 		{[]string{"sysrq", "con", "S"}, 2, `umlctl: "S" is not a SysRq key: give one lowercase letter or digit, such as s to sync the guest's disks` + "\n"},
 	} {
 		_, stderr, err := m.Run(t.Context(), append([]string{"umlctl"}, tt.args...)...)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -307,6 +308,35 @@ func TestNetworkDNSGuest(t *testing.T) {
 		}
 		if t.Failed() {
 			t.Logf("before the probes:\n%s\nafter:\n%s\nhost kernel log:\n%s", before.listing, after.listing, log)
+		}
+	})
+
+	t.Run("umlctl status shows the counters", func(t *testing.T) {
+		out, _ := mustUmlctl(t, m, 0, "status", "--json", "dns")
+		var st struct {
+			Traffic struct {
+				From    uint64 `json:"from_guest_packets"`
+				To      uint64 `json:"to_guest_packets"`
+				Spoofed int    `json:"spoofed_drops"`
+				Policy  int    `json:"policy_drops"`
+			} `json:"traffic"`
+		}
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			t.Fatalf("umlctl status --json dns: %v\n%s", err, out)
+		}
+		tr := st.Traffic
+		// The counters only grow: at least what the chains counted after
+		// the probes.
+		if spoofed := after.spoof4 + after.spoof6 + after.mac + after.arp; tr.Spoofed < spoofed {
+			t.Errorf("umlctl status: %d spoofed packets dropped, but the chains counted %d", tr.Spoofed, spoofed)
+		}
+		// The probes tried connections that ConnectOut= does not list.
+		if tr.Policy == 0 || tr.From == 0 || tr.To == 0 {
+			t.Errorf("umlctl status: counters %+v, want packets both ways and policy drops\n%s", tr, out)
+		}
+		text, _ := mustUmlctl(t, m, 0, "status", "dns")
+		if !strings.Contains(text, "Dropped: ") || !strings.Contains(text, "Network: uml-dns on br0") {
+			t.Errorf("umlctl status dns lacks the network and drop lines:\n%s", text)
 		}
 	})
 

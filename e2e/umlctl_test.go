@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"encoding/json"
-	"errors"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -15,12 +13,7 @@ import (
 func umlctl(t *testing.T, m *testbed.Machine, args ...string) (stdout, stderr string, status int) {
 	t.Helper()
 	stdout, stderr, err := m.Run(t.Context(), append([]string{"umlctl"}, args...)...)
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		status = ee.ExitCode()
-	default:
+	if status = exitStatus(err); status < 0 {
 		t.Fatalf("umlctl %s: %v", strings.Join(args, " "), err)
 	}
 	return stdout, stderr, status
