@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -131,6 +132,22 @@ func TestUmlctlGuests(t *testing.T) {
 
 	t.Run("merged image boots with the guest's writes", func(t *testing.T) {
 		mustUmlctl(t, m, 0, "cow", "merge", cow, merged)
+		// The reference tool on the same COW, written by a real guest: the
+		// same bytes, and no more blocks.
+		const reference = "/var/tmp/uml_moo.img"
+		m.MustRun(t, "uml_moo", cow, reference)
+		if out, _, err := m.Run(t.Context(), "cmp", merged, reference); err != nil {
+			t.Errorf("umlctl cow merge and uml_moo differ: %v\n%s", err, out)
+		}
+		m.MustRun(t, "sync")
+		var ours, theirs int
+		if _, err := fmt.Sscan(m.MustRun(t, "stat", "-c", "%b", merged, reference), &ours, &theirs); err != nil {
+			t.Fatal(err)
+		}
+		if ours > theirs {
+			t.Errorf("umlctl cow merge's image has %d blocks, uml_moo's %d: it is less sparse", ours, theirs)
+		}
+		t.Logf("blocks of the merged image: umlctl's %d, uml_moo's %d", ours, theirs)
 		m.WriteFile(t, "/etc/uml/merged.conf", []byte(guestConf("merged.img", readyConsole, "")), 0o644)
 		m.MustRun(t, "systemctl", "daemon-reload")
 		mustUmlctl(t, m, 0, "start", "merged")
