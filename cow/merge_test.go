@@ -272,36 +272,43 @@ var dirtyCases = []dirtyCase{
 // bitmaps are a byte short then).
 var mergeSizes = []int64{8 << 10, 5 << 10, 3<<20 + 8<<10, 3<<20 + 5<<10 + 300, 1<<20 + 100}
 
-func TestMergeAsUMLMoo(t *testing.T) {
+// forEachMergeCase runs test in parallel for every header version, backing
+// file size and kind, and set of dirty sectors whose merge uml_moo
+// defines.
+func forEachMergeCase(t *testing.T, test func(t *testing.T, dir string, version uint32, size int64, kind backingKind, dirty map[int64][]byte)) {
 	testbed.RequireCommands(t, "uml_moo")
 	for _, version := range []uint32{1, 2, 3} {
 		for _, size := range mergeSizes {
 			for _, kind := range backingKinds {
 				for _, dc := range dirtyCases {
-					name := fmt.Sprintf("v%d/%d/%s/%s", version, size, kind.name, dc.name)
 					dirty := dc.dirty(size)
 					if !fitsBitmap(version, size, dirty) {
 						continue
 					}
-					t.Run(name, func(t *testing.T) {
+					t.Run(fmt.Sprintf("v%d/%d/%s/%s", version, size, kind.name, dc.name), func(t *testing.T) {
 						t.Parallel()
-						dir := compareDir(t)
-						backing := filepath.Join(dir, "root.img")
-						makeBacking(t, backing, size, kind)
-						cowPath := filepath.Join(dir, "root.cow")
-						makeCOW(t, cowPath, backing, version, size, dirty)
-						want, got := filepath.Join(dir, "moo.img"), filepath.Join(dir, "merged.img")
-						moo(t, cowPath, want)
-						if err := Merge(context.Background(), cowPath, got, MergeOptions{}); err != nil {
-							t.Fatalf("Merge: %v", err)
-						}
-						sameAsMoo(t, want, got)
-						noTemporaryFiles(t, dir)
+						test(t, compareDir(t), version, size, kind, dirty)
 					})
 				}
 			}
 		}
 	}
+}
+
+func TestMergeAsUMLMoo(t *testing.T) {
+	forEachMergeCase(t, func(t *testing.T, dir string, version uint32, size int64, kind backingKind, dirty map[int64][]byte) {
+		backing := filepath.Join(dir, "root.img")
+		makeBacking(t, backing, size, kind)
+		cowPath := filepath.Join(dir, "root.cow")
+		makeCOW(t, cowPath, backing, version, size, dirty)
+		want, got := filepath.Join(dir, "moo.img"), filepath.Join(dir, "merged.img")
+		moo(t, cowPath, want)
+		if err := Merge(context.Background(), cowPath, got, MergeOptions{}); err != nil {
+			t.Fatalf("Merge: %v", err)
+		}
+		sameAsMoo(t, want, got)
+		noTemporaryFiles(t, dir)
+	})
 }
 
 // fitsBitmap says whether the sectors of dirty have bits in the bitmap of
@@ -327,41 +334,25 @@ func fitsBitmap(version uint32, size int64, dirty map[int64][]byte) bool {
 }
 
 func TestMergeInPlaceAsUMLMoo(t *testing.T) {
-	testbed.RequireCommands(t, "uml_moo")
-	for _, version := range []uint32{1, 2, 3} {
-		for _, size := range mergeSizes {
-			for _, kind := range backingKinds {
-				for _, dc := range dirtyCases {
-					name := fmt.Sprintf("v%d/%d/%s/%s", version, size, kind.name, dc.name)
-					dirty := dc.dirty(size)
-					if !fitsBitmap(version, size, dirty) {
-						continue
-					}
-					t.Run(name, func(t *testing.T) {
-						t.Parallel()
-						dir := compareDir(t)
-						// Two identical backing files: uml_moo -b merges into
-						// one, MergeInPlace with Backing into the other.
-						want, got := filepath.Join(dir, "moo.img"), filepath.Join(dir, "merged.img")
-						makeBacking(t, want, size, kind)
-						makeBacking(t, got, size, kind)
-						cowPath := filepath.Join(dir, "root.cow")
-						makeCOW(t, cowPath, "/nonexistent/root.img", version, size, dirty)
-						moo(t, "-d", "-b", want, cowPath)
-						if err := MergeInPlace(context.Background(), cowPath, MergeOptions{Backing: got}); err != nil {
-							t.Fatalf("MergeInPlace: %v", err)
-						}
-						sameAsMoo(t, want, got)
-						// Both leave the backing file alone, mtime included,
-						// when nothing changes.
-						if wm, gm := mtime(t, want) == fixtureMTime, mtime(t, got) == fixtureMTime; wm != gm {
-							t.Errorf("mtime unchanged: uml_moo %v, MergeInPlace %v", wm, gm)
-						}
-					})
-				}
-			}
+	forEachMergeCase(t, func(t *testing.T, dir string, version uint32, size int64, kind backingKind, dirty map[int64][]byte) {
+		// Two identical backing files: uml_moo -b merges into one,
+		// MergeInPlace with Backing into the other.
+		want, got := filepath.Join(dir, "moo.img"), filepath.Join(dir, "merged.img")
+		makeBacking(t, want, size, kind)
+		makeBacking(t, got, size, kind)
+		cowPath := filepath.Join(dir, "root.cow")
+		makeCOW(t, cowPath, "/nonexistent/root.img", version, size, dirty)
+		moo(t, "-d", "-b", want, cowPath)
+		if err := MergeInPlace(context.Background(), cowPath, MergeOptions{Backing: got}); err != nil {
+			t.Fatalf("MergeInPlace: %v", err)
 		}
-	}
+		sameAsMoo(t, want, got)
+		// Both leave the backing file alone, mtime included, when nothing
+		// changes.
+		if wm, gm := mtime(t, want) == fixtureMTime, mtime(t, got) == fixtureMTime; wm != gm {
+			t.Errorf("mtime unchanged: uml_moo %v, MergeInPlace %v", wm, gm)
+		}
+	})
 }
 
 // TestMergeShortBitmap checks the sectors a v1 or v2 bitmap misses: they
