@@ -174,20 +174,7 @@ func dash(s string) string {
 
 // formatSince is a time as systemctl shows it, with how long ago.
 func formatSince(t, now time.Time) string {
-	return t.Format("2006-01-02 15:04:05 MST") + "; " + formatAgo(now.Sub(t))
-}
-
-func formatAgo(d time.Duration) string {
-	d = d.Truncate(time.Second)
-	switch {
-	case d < time.Minute:
-		return fmt.Sprintf("%ds ago", int(d.Seconds()))
-	case d < time.Hour:
-		return fmt.Sprintf("%dmin ago", int(d.Minutes()))
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%dh %dmin ago", int(d.Hours()), int(d.Minutes())%60)
-	}
-	return fmt.Sprintf("%d days ago", int(d.Hours()/24))
+	return t.Format("2006-01-02 15:04:05 MST") + "; " + formatDuration(now.Sub(t)) + " ago"
 }
 
 func writeJSON(w io.Writer, v any) error {
