@@ -12,6 +12,7 @@ import (
 
 	"umlsd/config"
 	"umlsd/control"
+	"umlsd/internal/printable"
 	"umlsd/mconsole"
 )
 
@@ -64,14 +65,14 @@ func guestError(name, command string, timeout time.Duration, err error) error {
 	case errors.Is(err, syscall.EACCES), errors.Is(err, control.ErrDenied):
 		return exitErrorf(ExitFailure, "only root can reach the supervisor of guest %s; run umlctl as root", name)
 	case errors.As(err, &ce):
-		return exitErrorf(ExitFailure, "the kernel of guest %s refused %q: %s", name, ce.Command, ce.Message)
+		return exitErrorf(ExitFailure, "the kernel of guest %s refused %q: %s", name, ce.Command, printable.Line(ce.Message))
 	case errors.Is(err, control.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
 		if command == "" {
 			return exitErrorf(ExitFailure, "the supervisor of guest %s did not answer in time; see systemctl status uml@%s.service", name, name)
 		}
 		return exitErrorf(ExitFailure, "the kernel of guest %s did not answer %q within %v; it may be hung (see systemctl status uml@%s.service), or give it more time with --timeout", name, command, timeout, name)
 	case errors.As(err, &re):
-		return exitErrorf(ExitFailure, "the supervisor of guest %s: %s", name, re.Message)
+		return exitErrorf(ExitFailure, "the supervisor of guest %s: %s", name, printable.Line(re.Message))
 	}
 	return exitErrorf(ExitFailure, "reaching the supervisor of guest %s: %v", name, err)
 }

@@ -114,6 +114,7 @@ func TestStatus(t *testing.T) {
 		kernel  *kernelInfo
 		kerr    error
 		traffic *traffic
+		console []string
 	}{
 		{name: "status", args: []string{"status", "dns"}, unit: running, kernel: &kernel, traffic: &counters},
 		{name: "status-json", args: []string{"status", "--json", "dns"}, unit: running, kernel: &kernel, traffic: &counters},
@@ -128,6 +129,14 @@ func TestStatus(t *testing.T) {
 			kerr: errors.New("asking the supervisor of dns: no answer within 5s"), traffic: &counters,
 		},
 		{name: "status-unknown", args: []string{"status", "nope"}},
+		{
+			// What the guest controls (its kernel's answers, its console,
+			// its STATUS= lines) reaches the terminal escaped.
+			name: "status-hostile", args: []string{"status", "web"},
+			unit: unitState{ActiveState: "active", SubState: "running", StatusText: "guest: ok\x1b]52;c;aGk=\x07"},
+			kernel: &kernelInfo{PID: 77, Boots: 1, Version: "Linux\x1b[2K\rFROZEN"},
+			console: []string{"\x1b[1A\x1b[2K● web - forged", "bidi \u202e"},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sd := &fakeSystemd{units: map[string]unitState{"uml@dns.service": tc.unit, "uml@web.service": tc.unit}}
@@ -151,6 +160,9 @@ func TestStatus(t *testing.T) {
 			env.ConsoleLog = func(_ context.Context, name string, n int) ([]string, error) {
 				if n != 10 {
 					t.Errorf("asked for %d console lines, want the default 10", n)
+				}
+				if tc.console != nil {
+					return tc.console, nil
 				}
 				return console, nil
 			}

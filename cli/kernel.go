@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 
 	"umlsd/control"
+	"umlsd/internal/printable"
 )
 
 // hostKernel asks the supervisor of a guest over its control socket under
@@ -47,11 +49,19 @@ func hostKernel(runtimeDir string) func(context.Context, string) (kernelInfo, er
 	}
 }
 
-// parseUptime reads /proc/uptime's first field, in seconds.
+// parseUptime reads /proc/uptime's first field, in seconds; the guest
+// writes it, so anything but a plausible number is refused.
 func parseUptime(s string) (float64, error) {
 	f := strings.Fields(s)
 	if len(f) == 0 {
 		return 0, fmt.Errorf("reading the guest's uptime: empty /proc/uptime")
 	}
-	return strconv.ParseFloat(f[0], 64)
+	up, err := strconv.ParseFloat(f[0], 64)
+	if err != nil || math.IsNaN(up) || up < 0 || up > maxUptime {
+		return 0, fmt.Errorf("reading the guest's uptime: %q is not a number of seconds", printable.Line(f[0]))
+	}
+	return up, nil
 }
+
+// maxUptime is a century, beyond any real guest's uptime.
+const maxUptime = 100 * 365 * 24 * 3600

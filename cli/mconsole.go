@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"umlsd/internal/printable"
 
 	"github.com/spf13/cobra"
 )
@@ -92,7 +93,8 @@ func mconsoleVerb(env *Env, c *cobra.Command, command func(args []string) (strin
 		case done != nil:
 			fmt.Fprintln(env.Stdout, done(name))
 		case strings.TrimSpace(reply) != "":
-			fmt.Fprintln(env.Stdout, strings.TrimRight(reply, "\n"))
+			// The kernel's answer is the guest's text.
+			fmt.Fprintln(env.Stdout, printable.Text(strings.TrimRight(reply, "\n")))
 		}
 		return nil
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"umlsd/config"
+	"umlsd/internal/printable"
 	"umlsd/netprep"
 	"umlsd/supervisor"
 )
@@ -131,7 +132,8 @@ func guestStatus(ctx context.Context, env *Env, g *config.Guest, lines int) (*st
 		if err != nil {
 			return err
 		}
-		r.State, r.SubState, r.StatusText, r.Result = u.ActiveState, u.SubState, u.StatusText, u.Result
+		// The status text quotes the guest (its STATUS= lines).
+		r.State, r.SubState, r.StatusText, r.Result = u.ActiveState, u.SubState, printable.Line(u.StatusText), u.Result
 		if !u.ActiveSince.IsZero() {
 			t := u.ActiveSince
 			r.ReadySince = &t
@@ -145,8 +147,9 @@ func guestStatus(ctx context.Context, env *Env, g *config.Guest, lines int) (*st
 	switch {
 	case errors.Is(err, errNotRunning):
 	case err != nil:
-		r.Kernel = &kernelInfo{Problem: err.Error()}
+		r.Kernel = &kernelInfo{Problem: printable.Line(err.Error())}
 	default:
+		k.Version = printable.Line(k.Version) // the guest's kernel's answer
 		r.Kernel = &k
 	}
 	if r.Kernel != nil && g.Network != nil {
@@ -159,8 +162,13 @@ func guestStatus(ctx context.Context, env *Env, g *config.Guest, lines int) (*st
 	}
 	if lines > 0 {
 		if r.Console, err = env.ConsoleLog(ctx, g.Name, lines); err != nil {
-			r.Problems = append(r.Problems, err.Error())
+			r.Problems = append(r.Problems, printable.Line(err.Error()))
 			r.Console = []string{}
+		}
+		// Console lines are the guest's: outside its console, escape
+		// sequences in them must not reach the terminal.
+		for i, l := range r.Console {
+			r.Console[i] = printable.Line(l)
 		}
 	}
 	return r, nil

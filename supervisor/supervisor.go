@@ -28,6 +28,7 @@ import (
 
 	"umlsd/config"
 	"umlsd/control"
+	"umlsd/internal/printable"
 	"umlsd/mconsole"
 	"umlsd/netprep"
 )
@@ -106,16 +107,7 @@ func (s *Supervisor) notify(state string) {
 // are replaced, so that it cannot add a line, and so a setting, to the
 // message systemd receives.
 func (s *Supervisor) status(format string, args ...any) {
-	s.notify("STATUS=" + oneLine(fmt.Sprintf(format, args...)))
-}
-
-func oneLine(text string) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return '?'
-		}
-		return r
-	}, text)
+	s.notify("STATUS=" + printable.Line(fmt.Sprintf(format, args...)))
 }
 
 func (s *Supervisor) db() accounts {

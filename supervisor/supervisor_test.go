@@ -11,7 +11,7 @@ func TestStatusIsOneLine(t *testing.T) {
 	var got []string
 	s := &Supervisor{Notify: func(state string) { got = append(got, state) }}
 	s.status("running: %s", "Linux evil\nMAINPID=1\r\x7f 6.1 #1")
-	want := "STATUS=running: Linux evil?MAINPID=1?? 6.1 #1"
+	want := `STATUS=running: Linux evil\nMAINPID=1\r\x7f 6.1 #1`
 	if len(got) != 1 || got[0] != want {
 		t.Errorf("status sent %q, want [%q]", got, want)
 	}
