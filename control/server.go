@@ -228,29 +228,7 @@ func (s *Server) attach(ctx context.Context, conn *net.UnixConn, r *bufio.Reader
 	outDone := make(chan struct{})
 	go func() {
 		defer close(outDone)
-		send := func(typ byte, p []byte) bool {
-			_ = conn.SetWriteDeadline(time.Now().Add(outputTimeout))
-			return writeFrame(conn, typ, p) == nil
-		}
-		for {
-			select {
-			case <-sess.Wake():
-				if p := sess.Take(); len(p) > 0 && !send(frameOutput, p) {
-					sess.Detach()
-					conn.Close() // also ends the input loop
-					return
-				}
-			case <-sess.Done():
-				if p := sess.Take(); len(p) > 0 && !send(frameOutput, p) {
-					return
-				}
-				if reason := sess.Reason(); reason != "" {
-					send(frameNotice, []byte(reason))
-				}
-				conn.Close()
-				return
-			}
-		}
+		sendOutput(conn, sess)
 	}()
 	// Input until the client closes (detach) or the session ends, which
 	// closes the connection.
@@ -275,4 +253,40 @@ func (s *Server) attach(ctx context.Context, conn *net.UnixConn, r *bufio.Reader
 	sess.Detach()
 	<-outDone
 	return ierr
+}
+
+// outputConn is the connection as sendOutput uses it.
+type outputConn interface {
+	Write(p []byte) (int, error)
+	SetWriteDeadline(t time.Time) error
+	Close() error
+}
+
+// sendOutput sends sess's output to conn until the session ends, then the
+// notice saying why. It always closes conn when it returns: that ends the
+// input loop, which otherwise waits for the client with no deadline and
+// holds one of the server's connections.
+func sendOutput(conn outputConn, sess *Session) {
+	defer conn.Close()
+	send := func(typ byte, p []byte) bool {
+		_ = conn.SetWriteDeadline(time.Now().Add(outputTimeout))
+		return writeFrame(conn, typ, p) == nil
+	}
+	for {
+		select {
+		case <-sess.Wake():
+			if p := sess.Take(); len(p) > 0 && !send(frameOutput, p) {
+				sess.Detach()
+				return
+			}
+		case <-sess.Done():
+			if p := sess.Take(); len(p) > 0 && !send(frameOutput, p) {
+				return
+			}
+			if reason := sess.Reason(); reason != "" {
+				send(frameNotice, []byte(reason))
+			}
+			return
+		}
+	}
 }

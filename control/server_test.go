@@ -310,3 +310,64 @@ func TestClientNotReading(t *testing.T) {
 		t.Error("a client that does not read is still attached after 4 MiB")
 	}
 }
+
+// failingConn is a connection whose writes fail, as to a client that shut
+// its reading side.
+type failingConn struct {
+	mu     sync.Mutex
+	closed bool
+}
+
+func (c *failingConn) Write([]byte) (int, error)        { return 0, errors.New("broken pipe") }
+func (c *failingConn) SetWriteDeadline(time.Time) error { return nil }
+func (c *failingConn) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	return nil
+}
+
+// TestSendOutputCloses: however the output ends, the connection is closed,
+// so that the input loop ends and the connection's slot is freed.
+func TestSendOutputCloses(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		end  func(h *Hub, s *Session)
+	}{
+		// Ended with output queued, which cannot be sent.
+		{"ended, failing output", func(h *Hub, s *Session) {
+			<-s.Wake() // only Done is ready: the replay waits
+			h.Close("the guest's kernel exited")
+		}},
+		{"ended, failing notice", func(h *Hub, s *Session) {
+			<-s.Wake()
+			s.Take()
+			h.Close("the guest's kernel exited")
+		}},
+		{"failing output", func(h *Hub, s *Session) {}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := NewHub(newFakeTerminal())
+			h.Write([]byte("replay\n"))
+			s, err := h.Attach(false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.end(h, s)
+			conn := &failingConn{}
+			done := make(chan struct{})
+			go func() { defer close(done); sendOutput(conn, s) }()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("sendOutput did not return 5 s after its output failed")
+			}
+			if !conn.closed {
+				t.Error("sendOutput returned without closing the connection")
+			}
+			if h.Attached() {
+				t.Error("the session is still attached")
+			}
+		})
+	}
+}
