@@ -172,7 +172,9 @@ func noEOF(err error) error {
 	return err
 }
 
-// readLine reads one JSON line of at most maxLine bytes into v.
+// readLine reads one JSON line of at most maxLine bytes into v: io.EOF if
+// the connection ended before its first byte, io.ErrUnexpectedEOF if it
+// ended in the line.
 func readLine(r *bufio.Reader, v any) error {
 	var line []byte
 	for {
@@ -183,6 +185,9 @@ func readLine(r *bufio.Reader, v any) error {
 		}
 		if err == bufio.ErrBufferFull {
 			continue
+		}
+		if err == io.EOF && len(line) > 0 {
+			return io.ErrUnexpectedEOF
 		}
 		if err != nil {
 			return err

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -115,19 +116,26 @@ func (s *Server) refuse(conn *net.UnixConn, e *wireError) {
 	_ = writeLine(conn, response{Error: e})
 }
 
+// maxRefusedLine is as much of a refused client's request as the server
+// reads (and discards) before it answers with the refusal.
+const maxRefusedLine = 4 << 10
+
 func (s *Server) serve(ctx context.Context, conn *net.UnixConn) error {
 	_ = conn.SetDeadline(time.Now().Add(requestTimeout))
 	r := bufio.NewReader(conn)
-	var req request
-	rerr := readLine(r, &req)
-	// Checked after the request was read, so that the client, which
-	// writes it first, reads the refusal rather than a broken pipe.
 	if err := s.checkPeer(conn); err != nil {
+		// The client writes its request first: read (a bounded part of)
+		// it, unparsed, so that the client reads the refusal rather than
+		// a broken pipe.
+		_, _ = bufio.NewReaderSize(io.LimitReader(conn, maxRefusedLine), maxRefusedLine).ReadSlice('\n')
 		_ = writeLine(conn, response{Error: &wireError{Kind: kindDenied, Message: ErrDenied.Error()}})
 		return err
 	}
-	if rerr != nil {
-		return fmt.Errorf("reading a request: %w", rerr)
+	var req request
+	if err := readLine(r, &req); err == io.EOF {
+		return nil // connected and closed: a check that the server answers
+	} else if err != nil {
+		return fmt.Errorf("reading a request: %w", err)
 	}
 	var resp response
 	switch req.Op {

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -369,5 +370,92 @@ func TestSendOutputCloses(t *testing.T) {
 				t.Error("the session is still attached")
 			}
 		})
+	}
+}
+
+// logRecorder records a server's log.
+type logRecorder struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (l *logRecorder) log(msg string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.msgs = append(l.msgs, msg)
+}
+
+func (l *logRecorder) take() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	m := l.msgs
+	l.msgs = nil
+	return m
+}
+
+// TestQuietCheck: a client that connects and closes without a request (as
+// Dial does) is no failure, and is not logged; one that breaks off its
+// request is.
+func TestQuietCheck(t *testing.T) {
+	var rec logRecorder
+	dir := serve(t, &Server{Handler: &fakeHandler{}, Log: rec.log})
+	for _, tt := range []struct {
+		name, send string
+		want       []string
+	}{
+		{"nothing", "", nil},
+		{"half a request", `{"op":`, []string{"control socket: reading a request: unexpected EOF"}},
+		{"a request", `{"op":"status"}` + "\n", nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, err := net.Dial("unix", SocketPath(dir, "g"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if _, err := io.WriteString(conn, tt.send); err != nil {
+				t.Fatal(err)
+			}
+			conn.(*net.UnixConn).CloseWrite()
+			// The server logs before it closes the connection.
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadAll(conn); err != nil {
+				t.Fatalf("waiting for the server to close the connection: %v", err)
+			}
+			if diff := cmp.Diff(tt.want, rec.take()); diff != "" {
+				t.Errorf("logged (-want +got):\n%s", diff)
+			}
+		})
+	}
+	if _, err := Dial(t.Context(), dir, "g"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPeerRefusedFirst: a client that is not the allowed user is refused
+// before its request is read, however long that request is.
+func TestPeerRefusedFirst(t *testing.T) {
+	var rec logRecorder
+	dir := serve(t, &Server{Handler: &fakeHandler{}, UID: os.Getuid() + 1, Log: rec.log})
+	conn, err := net.Dial("unix", SocketPath(dir, "g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// More than the server reads of a refused request, and no line end.
+	if _, err := conn.Write(bytes.Repeat([]byte("x"), 2*maxRefusedLine)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	conn.SetReadDeadline(time.Now().Add(requestTimeout + 3*time.Second))
+	var resp response
+	if err := readLine(bufio.NewReader(conn), &resp); err != nil {
+		t.Fatalf("reading the refusal: %v", err)
+	}
+	if d := time.Since(start); d > requestTimeout/2 {
+		t.Errorf("the refusal took %v", d)
+	}
+	if diff := cmp.Diff(&wireError{Kind: kindDenied, Message: ErrDenied.Error()}, resp.Error); diff != "" {
+		t.Errorf("refusal (-want +got):\n%s", diff)
 	}
 }
