@@ -71,8 +71,26 @@ func Listen(path string) (*net.UnixListener, error) {
 }
 
 // Serve answers connections on l until ctx ends, then closes l and ends
-// every connection, and returns once they are all done.
+// every connection, and returns once they are all done. A failure to
+// accept (too many open files) is logged and retried, backing off up to a
+// second, so that it does not end the control socket for the guest's life.
 func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
+	return s.serveListener(ctx, l)
+}
+
+// listener is what Serve uses of a *net.UnixListener.
+type listener interface {
+	AcceptUnix() (*net.UnixConn, error)
+	Close() error
+}
+
+// Accept's retry delays.
+const (
+	minAcceptDelay = 5 * time.Millisecond
+	maxAcceptDelay = time.Second
+)
+
+func (s *Server) serveListener(ctx context.Context, l listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { l.Close() })
@@ -80,14 +98,25 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	sem := make(chan struct{}, maxConns)
+	var delay time.Duration
 	for {
 		conn, err := l.AcceptUnix()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			return fmt.Errorf("accepting on the control socket: %w", err)
+			delay = min(max(2*delay, minAcceptDelay), maxAcceptDelay)
+			if s.Log != nil {
+				s.Log(fmt.Sprintf("control socket: accepting a connection: %v; retrying in %v", err, delay))
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(delay):
+			}
+			continue
 		}
+		delay = 0
 		select {
 		case sem <- struct{}{}:
 		default:

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -457,5 +458,56 @@ func TestPeerRefusedFirst(t *testing.T) {
 	}
 	if diff := cmp.Diff(&wireError{Kind: kindDenied, Message: ErrDenied.Error()}, resp.Error); diff != "" {
 		t.Errorf("refusal (-want +got):\n%s", diff)
+	}
+}
+
+// flakyListener fails its first accepts as a process out of file
+// descriptors does.
+type flakyListener struct {
+	*net.UnixListener
+	mu    sync.Mutex
+	fails int
+}
+
+func (l *flakyListener) AcceptUnix() (*net.UnixConn, error) {
+	l.mu.Lock()
+	fail := l.fails > 0
+	l.fails--
+	l.mu.Unlock()
+	if fail {
+		return nil, &net.OpError{Op: "accept", Net: "unix", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.UnixListener.AcceptUnix()
+}
+
+// TestAcceptRetried: a failure to accept does not end the control socket.
+func TestAcceptRetried(t *testing.T) {
+	dir := t.TempDir()
+	os.Mkdir(filepath.Join(dir, "g"), 0o700)
+	l, err := Listen(SocketPath(dir, "g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec logRecorder
+	s := &Server{Handler: &fakeHandler{status: Status{Boots: 1}}, UID: os.Getuid(), Log: rec.log}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- s.serveListener(ctx, &flakyListener{UnixListener: l, fails: 3}) }()
+	c := &Client{path: SocketPath(dir, "g")}
+	st, err := c.Status(t.Context())
+	if err != nil || st.Boots != 1 {
+		t.Errorf("Status after 3 failed accepts: %+v, %v", st, err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+	want := []string{
+		"control socket: accepting a connection: accept unix: accept4: too many open files; retrying in 5ms",
+		"control socket: accepting a connection: accept unix: accept4: too many open files; retrying in 10ms",
+		"control socket: accepting a connection: accept unix: accept4: too many open files; retrying in 20ms",
+	}
+	if diff := cmp.Diff(want, rec.take()); diff != "" {
+		t.Errorf("logged (-want +got):\n%s", diff)
 	}
 }
