@@ -45,6 +45,16 @@ const (
 	maxConns = 16
 )
 
+// commandTimeout is how long the server waits for the kernel's answer to a
+// command whose client gave ms milliseconds (0: none).
+func commandTimeout(ms int64) time.Duration {
+	d := time.Duration(ms) * time.Millisecond
+	if d <= 0 {
+		d = defaultCommandTimeout
+	}
+	return min(d, maxCommandTimeout)
+}
+
 // Server answers on a guest's control socket.
 type Server struct {
 	Handler Handler
@@ -178,12 +188,7 @@ func (s *Server) serve(ctx context.Context, conn *net.UnixConn) error {
 			resp.Status = &st
 		}
 	case opMconsole:
-		d := time.Duration(req.Timeout) * time.Millisecond
-		if d <= 0 {
-			d = defaultCommandTimeout
-		}
-		d = min(d, maxCommandTimeout)
-		cctx, cancel := context.WithTimeout(ctx, d)
+		cctx, cancel := context.WithTimeout(ctx, commandTimeout(req.Timeout))
 		reply, err := s.Handler.Mconsole(cctx, req.Command)
 		cancel()
 		if err != nil {
