@@ -42,7 +42,12 @@ type Status struct {
 	// Boots counts the kernel's boots: 1, and one more for each reboot.
 	Boots int `json:"boots"`
 	// Frozen: the guest was stopped with mconsole stop and not yet let go.
+	// Also true when FrozenUnknown.
 	Frozen bool `json:"frozen"`
+	// FrozenUnknown: the last mconsole stop or go failed other than by the
+	// kernel's refusal (its answer did not come in time), so the guest may
+	// or may not be frozen; mconsole go (umlctl thaw) settles it.
+	FrozenUnknown bool `json:"frozen_unknown,omitempty"`
 	// Stopping: the supervisor is stopping the guest.
 	Stopping bool `json:"stopping"`
 	// ConsoleAttached: an umlctl console is attached.
