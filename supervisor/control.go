@@ -181,7 +181,7 @@ func (g *guestState) thawForStop(k guestControl, log func(journal.Priority, stri
 	switch {
 	case err == nil:
 		g.setFrozen(false, false)
-		log(journal.PriNotice, "let the frozen guest run again (mconsole go), so that it can shut down")
+		log(journal.PriNotice, "letting the frozen guest run again (mconsole go), so that it can shut down")
 	case errors.As(err, &ce): // "Not stopped"
 		g.setFrozen(false, false)
 	default:

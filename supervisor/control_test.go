@@ -164,7 +164,7 @@ func TestThawForStop(t *testing.T) {
 				return func() {}
 			},
 			wantSent: []string{"stop", "go"},
-			wantLog:  []logged{{journal.PriNotice, "let the frozen guest run again (mconsole go), so that it can shut down"}},
+			wantLog:  []logged{{journal.PriNotice, "letting the frozen guest run again (mconsole go), so that it can shut down"}},
 		},
 		{
 			name: "frozen by a stop answered too late",
@@ -182,7 +182,7 @@ func TestThawForStop(t *testing.T) {
 				return func() {}
 			},
 			wantSent: []string{"stop", "go"},
-			wantLog:  []logged{{journal.PriNotice, "let the frozen guest run again (mconsole go), so that it can shut down"}},
+			wantLog:  []logged{{journal.PriNotice, "letting the frozen guest run again (mconsole go), so that it can shut down"}},
 		},
 		{
 			// A freeze in flight as the stop begins: thawForStop does
@@ -210,7 +210,7 @@ func TestThawForStop(t *testing.T) {
 				}
 			},
 			wantSent: []string{"stop", "go"},
-			wantLog:  []logged{{journal.PriNotice, "let the frozen guest run again (mconsole go), so that it can shut down"}},
+			wantLog:  []logged{{journal.PriNotice, "letting the frozen guest run again (mconsole go), so that it can shut down"}},
 		},
 		{
 			name:        "unreachable",
