@@ -15,6 +15,7 @@ import (
 	"golang.org/x/term"
 
 	"umlsd/control"
+	"umlsd/internal/printable"
 )
 
 // detachKey is Ctrl-], as in telnet: it ends the session, the guest runs on.
@@ -47,6 +48,15 @@ output until the session ends or it is interrupted.`,
 const attachTimeout = 10 * time.Second
 
 func runConsole(ctx context.Context, env *Env, name string, force bool) error {
+	// A hangup (the terminal or the ssh session went away) detaches, and
+	// a closed output (umlctl console | tee, tee gone) ends the output
+	// with an error, rather than ending umlctl with the terminal left
+	// raw. SIGINT and SIGTERM end ctx. Registered first: a signal that
+	// comes while attaching must not kill umlctl either.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGPIPE)
+	defer signal.Stop(sigs)
+
 	actx, cancel := context.WithTimeout(ctx, attachTimeout)
 	defer cancel()
 	client, err := dialGuest(actx, env, name)
@@ -89,19 +99,19 @@ func runConsole(ctx context.Context, env *Env, name string, force bool) error {
 		winch := make(chan os.Signal, 1)
 		signal.Notify(winch, syscall.SIGWINCH)
 		defer signal.Stop(winch)
-		go func() {
-			for range winch {
-				if cols, rows, err := term.GetSize(fd); err == nil {
-					_ = s.Resize(uint16(rows), uint16(cols))
-				}
+		done := make(chan struct{})
+		defer close(done)
+		go followWindow(done, winch, func() {
+			if cols, rows, err := term.GetSize(fd); err == nil {
+				_ = s.Resize(uint16(rows), uint16(cols))
 			}
-		}()
+		})
 	}
 	fmt.Fprintf(env.Stderr, "Connected to %s's console; press Ctrl-] to detach.%s", name, nl)
 
 	out := make(chan error, 1)
 	go func() {
-		_, err := io.Copy(env.Stdout, s)
+		_, err := io.Copy(outputWriter{env.Stdout}, s)
 		out <- err
 	}()
 	in := make(chan error, 1)
@@ -124,16 +134,56 @@ func runConsole(ctx context.Context, env *Env, name string, force bool) error {
 			in = nil
 		case err := <-out:
 			var ended *control.SessionEnded
-			if errors.As(err, &ended) {
-				fmt.Fprintf(env.Stderr, "%s%s.%s", nl, capitalize(ended.Reason), nl)
+			var werr outputError
+			switch {
+			case errors.As(err, &ended):
+				fmt.Fprintf(env.Stderr, "%s%s.%s", nl, capitalize(printable.Line(ended.Reason)), nl)
 				return nil
+			case errors.As(err, &werr):
+				return exitErrorf(ExitFailure, "writing the console's output failed (%v), so umlctl detached from guest %s's console; the guest keeps running", werr.err, name)
 			}
 			return exitErrorf(ExitFailure, "the connection to the supervisor of guest %s broke (%v); see systemctl status uml@%s.service", name, orEOF(err), name)
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				return detached()
+			}
+			// SIGPIPE: the write to the output fails too, and out
+			// reports it.
 		case <-ctx.Done():
 			return detached()
 		}
 	}
 }
+
+// followWindow calls resized for each window size change on winch, until
+// done is closed.
+func followWindow(done <-chan struct{}, winch <-chan os.Signal, resized func()) {
+	for {
+		select {
+		case <-winch:
+			resized()
+		case <-done:
+			return
+		}
+	}
+}
+
+// outputWriter tells its write errors from the console stream's.
+type outputWriter struct{ w io.Writer }
+
+func (o outputWriter) Write(p []byte) (int, error) {
+	n, err := o.w.Write(p)
+	if err != nil {
+		err = outputError{err}
+	}
+	return n, err
+}
+
+// outputError is a failed write of the console's output.
+type outputError struct{ err error }
+
+func (e outputError) Error() string { return "writing the console's output: " + e.err.Error() }
+func (e outputError) Unwrap() error { return e.err }
 
 // errDetach: the user pressed the detach key.
 var errDetach = errors.New("detached")

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 
 	"umlsd/control"
 	"umlsd/mconsole"
@@ -288,5 +291,141 @@ func TestForwardInput(t *testing.T) {
 	var w bytes.Buffer
 	if err := forwardInput(iotest.OneByteReader(strings.NewReader("ok\x1dno")), &w); !errors.Is(err, errDetach) || w.String() != "ok" {
 		t.Errorf("one byte at a time: %v, forwarded %q", err, w.String())
+	}
+}
+
+// openPty opens a pseudo-terminal: its master, and its other side.
+func openPty(t *testing.T) (master, tty *os.File) {
+	t.Helper()
+	fd, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	pfd, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TIOCGPTPEER, unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC)
+	if errno != 0 {
+		t.Fatal(errno)
+	}
+	master, tty = os.NewFile(uintptr(fd), "ptmx"), os.NewFile(pfd, "pty")
+	t.Cleanup(func() { master.Close(); tty.Close() })
+	return master, tty
+}
+
+// TestConsoleHangup: a hangup detaches, and leaves the terminal as it was
+// rather than raw.
+func TestConsoleHangup(t *testing.T) {
+	env, f := testEnv(t)
+	_, tty := openPty(t)
+	before, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan result)
+	go func() { done <- run(t, env, tty, "console", "g") }()
+	waitAttached(t, f.hub, true)
+	if err := unix.Kill(os.Getpid(), unix.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("umlctl console did not end 5 s after a hangup")
+	}
+	want := result{0, "earlier output\n# ", "Connected to g's console; press Ctrl-] to detach.\r\n\r\nDetached from g's console; the guest keeps running.\r\n"}
+	if diff := cmp.Diff(want, r); diff != "" {
+		t.Errorf("umlctl console g at a hangup (-want +got):\n%s", diff)
+	}
+	after, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *after != *before {
+		t.Errorf("the terminal was left changed: %+v, was %+v", *after, *before)
+	}
+}
+
+// TestFollowWindow: window size changes are passed on until done.
+func TestFollowWindow(t *testing.T) {
+	winch := make(chan os.Signal, 1)
+	done := make(chan struct{})
+	resized := make(chan struct{}, 1)
+	ended := make(chan struct{})
+	go func() { defer close(ended); followWindow(done, winch, func() { resized <- struct{}{} }) }()
+	winch <- unix.SIGWINCH
+	select {
+	case <-resized:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a window size change was not passed on")
+	}
+	close(done)
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("followWindow did not return 5 s after done")
+	}
+}
+
+// outputHelper is the environment variable that makes the test binary run
+// umlctl console with its standard output closed.
+const outputHelper = "UMLCTL_TEST_CONSOLE_OUTPUT_CLOSED"
+
+// TestConsoleOutputClosed: umlctl console | tee, tee gone: a write to the
+// standard output fails, umlctl says so and detaches rather than die of
+// SIGPIPE with the terminal left raw. In a process of its own: SIGPIPE
+// kills only for a write to fd 1 or 2.
+func TestConsoleOutputClosed(t *testing.T) {
+	if os.Getenv(outputHelper) != "" {
+		env, f := testEnv(t)
+		go func() {
+			waitAttached(t, f.hub, true)
+			for range 100 {
+				f.hub.Write([]byte("output\n"))
+				time.Sleep(10 * time.Millisecond)
+			}
+		}()
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		env.Stdin, env.Stdout, env.Stderr = pr, os.Stdout, io.Discard
+		err := Run(t.Context(), []string{"console", "g"}, env)
+		fmt.Fprintf(os.Stderr, "status %d: %v\n", ExitStatus(err), err)
+		os.Exit(0) // the test's own report would go to the closed output
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr.Close()
+	defer pw.Close()
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestConsoleOutputClosed$")
+	cmd.Env = append(os.Environ(), outputHelper+"=1")
+	cmd.Stdout, cmd.Stderr = pw, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("umlctl console with its output closed: %v; stderr %q", err, stderr.String())
+	}
+	want := "status 1: writing the console's output failed (write /dev/stdout: broken pipe), so umlctl detached from guest g's console; the guest keeps running\n"
+	if got := stderr.String(); got != want {
+		t.Errorf("stderr %q, want %q", got, want)
+	}
+}
+
+// TestConsoleEndPrintable: the reason a session ended, which may hold what
+// the guest's kernel said, is printed outside the console's stream, so its
+// control characters are escaped.
+func TestConsoleEndPrintable(t *testing.T) {
+	env, f := testEnv(t)
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	ended := make(chan result)
+	go func() { ended <- run(t, env, pr, "console", "g") }()
+	waitAttached(t, f.hub, true)
+	f.hub.Close("the guest's kernel exited (\x1b]52;c;cm0gLXJmIH4=\a\nforged line); the console session ended")
+	r := <-ended
+	want := result{0, "earlier output\n# ", "Connected to g's console; press Ctrl-] to detach.\n\nThe guest's kernel exited (\\x1b]52;c;cm0gLXJmIH4=\\x07\\nforged line); the console session ended.\n"}
+	if diff := cmp.Diff(want, r); diff != "" {
+		t.Errorf("umlctl console g (-want +got):\n%s", diff)
 	}
 }

@@ -51,8 +51,8 @@ func (c *Client) connect(ctx context.Context) (*net.UnixConn, error) {
 	return conn.(*net.UnixConn), nil
 }
 
-// call sends req and reads the response, within ctx (or requestTimeout
-// beyond the request's own timeout).
+// call sends req and reads the response, within ctx or, without a
+// deadline, req's wait.
 func (c *Client) call(ctx context.Context, req request) (response, *net.UnixConn, *bufio.Reader, error) {
 	conn, err := c.connect(ctx)
 	if err != nil {
@@ -60,7 +60,7 @@ func (c *Client) call(ctx context.Context, req request) (response, *net.UnixConn
 	}
 	deadline, ok := ctx.Deadline()
 	if !ok {
-		deadline = time.Now().Add(requestTimeout + time.Duration(req.Timeout)*time.Millisecond)
+		deadline = time.Now().Add(req.wait())
 	}
 	_ = conn.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
@@ -97,6 +97,18 @@ func (c *Client) call(ctx context.Context, req request) (response, *net.UnixConn
 		return resp, nil, nil, fromWire(resp.Error)
 	}
 	return resp, conn, r, nil
+}
+
+// wait is how long a client without a deadline waits for the answer to
+// req: as long as the server may work on it (for an mconsole command, as
+// long as it waits for the kernel), and requestTimeout more, so that a
+// slow kernel is reported as such rather than as a supervisor that does
+// not answer.
+func (req request) wait() time.Duration {
+	if req.Op != opMconsole {
+		return 2 * requestTimeout
+	}
+	return commandTimeout(req.Timeout) + requestTimeout
 }
 
 func fromWire(e *wireError) error {

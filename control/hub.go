@@ -37,12 +37,15 @@ const (
 type Hub struct {
 	term Terminal
 
-	mu      sync.Mutex
-	ring    []byte // the last ReplaySize bytes of output
-	wrapped bool   // output was dropped from the ring's start
-	current *Session
-	ended   string // why the console ended; "" while it runs
-	inputMu sync.Mutex
+	mu sync.Mutex
+	// ring holds the last ReplaySize bytes of output: n bytes from
+	// start, wrapping around its end.
+	ring     []byte
+	start, n int
+	wrapped  bool // output was dropped from the ring's start
+	current  *Session
+	ended    string // why the console ended; "" while it runs
+	inputMu  sync.Mutex
 }
 
 // NewHub makes the hub of the console term.
@@ -54,11 +57,7 @@ func NewHub(term Terminal) *Hub {
 func (h *Hub) Write(p []byte) (int, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.ring = append(h.ring, p...)
-	if over := len(h.ring) - ReplaySize; over > 0 {
-		h.ring = append(h.ring[:0], h.ring[over:]...)
-		h.wrapped = true
-	}
+	h.record(p)
 	if s := h.current; s != nil {
 		if !s.push(p) {
 			s.end(reasonTooSlow)
@@ -66,6 +65,31 @@ func (h *Hub) Write(p []byte) (int, error) {
 		}
 	}
 	return len(p), nil
+}
+
+// record keeps p in the ring, dropping the oldest output beyond
+// ReplaySize.
+func (h *Hub) record(p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	if h.ring == nil {
+		h.ring = make([]byte, ReplaySize)
+	}
+	if over := h.n + len(p) - ReplaySize; over > 0 {
+		h.wrapped = true
+		if len(p) >= ReplaySize {
+			copy(h.ring, p[len(p)-ReplaySize:])
+			h.start, h.n = 0, ReplaySize
+			return
+		}
+		h.start = (h.start + over) % ReplaySize
+		h.n -= over
+	}
+	end := (h.start + h.n) % ReplaySize
+	k := copy(h.ring[end:], p)
+	copy(h.ring, p[k:])
+	h.n += len(p)
 }
 
 // Close ends the console, and the attached session with reason.
@@ -118,13 +142,15 @@ func (h *Hub) Attach(force bool) (*Session, error) {
 // that starts in the middle of a line (or of a UTF-8 sequence, or of an
 // escape sequence) would garble the terminal.
 func (h *Hub) replay() []byte {
-	b := h.ring
+	b := make([]byte, h.n)
+	k := copy(b, h.ring[h.start:min(h.start+h.n, len(h.ring))])
+	copy(b[k:], h.ring)
 	if h.wrapped {
 		if i := bytes.IndexByte(b, '\n'); i >= 0 {
 			b = b[i+1:]
 		}
 	}
-	return bytes.Clone(b)
+	return b
 }
 
 // errDetached: the session is no longer the attached one.

@@ -184,3 +184,51 @@ func TestHubSlowSession(t *testing.T) {
 		t.Error("the slow session is still the attached one")
 	}
 }
+
+// TestHubRing: the ring keeps the last ReplaySize bytes of output, in
+// order, through writes of every size that wrap it around many times.
+func TestHubRing(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		sizes []int // written in turn, again and again
+	}{
+		{"small", []int{1, 7, 100, 4095}},
+		{"ring-sized", []int{ReplaySize - 1, 3, ReplaySize, 5, ReplaySize + 1}},
+		{"large", []int{3*ReplaySize + 17, 2}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := NewHub(newFakeTerminal())
+			var all []byte
+			next := byte(0)
+			for i := 0; len(all) < 5*ReplaySize; i++ {
+				p := make([]byte, tt.sizes[i%len(tt.sizes)])
+				for j := range p {
+					// No line ends: the replay is the ring as it is.
+					next = next%250 + 1
+					if next == '\n' {
+						next++
+					}
+					p[j] = next
+				}
+				h.Write(p)
+				all = append(all, p...)
+				h.mu.Lock()
+				got := h.replay()
+				h.mu.Unlock()
+				want := all[max(0, len(all)-ReplaySize):]
+				if !bytes.Equal(got, want) {
+					t.Fatalf("after %d bytes, the ring holds %d bytes, want the last %d", len(all), len(got), len(want))
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkHubWrite(b *testing.B) {
+	h := NewHub(newFakeTerminal())
+	line := []byte(strings.Repeat("x", 79) + "\n")
+	b.SetBytes(int64(len(line)))
+	for b.Loop() {
+		h.Write(line)
+	}
+}

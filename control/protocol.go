@@ -42,7 +42,12 @@ type Status struct {
 	// Boots counts the kernel's boots: 1, and one more for each reboot.
 	Boots int `json:"boots"`
 	// Frozen: the guest was stopped with mconsole stop and not yet let go.
+	// Also true when FrozenUnknown.
 	Frozen bool `json:"frozen"`
+	// FrozenUnknown: the last mconsole stop or go failed other than by the
+	// kernel's refusal (its answer did not come in time), so the guest may
+	// or may not be frozen; mconsole go (umlctl thaw) settles it.
+	FrozenUnknown bool `json:"frozen_unknown,omitempty"`
 	// Stopping: the supervisor is stopping the guest.
 	Stopping bool `json:"stopping"`
 	// ConsoleAttached: an umlctl console is attached.
@@ -172,7 +177,9 @@ func noEOF(err error) error {
 	return err
 }
 
-// readLine reads one JSON line of at most maxLine bytes into v.
+// readLine reads one JSON line of at most maxLine bytes into v: io.EOF if
+// the connection ended before its first byte, io.ErrUnexpectedEOF if it
+// ended in the line.
 func readLine(r *bufio.Reader, v any) error {
 	var line []byte
 	for {
@@ -183,6 +190,9 @@ func readLine(r *bufio.Reader, v any) error {
 		}
 		if err == bufio.ErrBufferFull {
 			continue
+		}
+		if err == io.EOF && len(line) > 0 {
+			return io.ErrUnexpectedEOF
 		}
 		if err != nil {
 			return err

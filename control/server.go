@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -44,6 +45,16 @@ const (
 	maxConns = 16
 )
 
+// commandTimeout is how long the server waits for the kernel's answer to a
+// command whose client gave ms milliseconds (0: none).
+func commandTimeout(ms int64) time.Duration {
+	d := time.Duration(ms) * time.Millisecond
+	if d <= 0 {
+		d = defaultCommandTimeout
+	}
+	return min(d, maxCommandTimeout)
+}
+
 // Server answers on a guest's control socket.
 type Server struct {
 	Handler Handler
@@ -70,8 +81,26 @@ func Listen(path string) (*net.UnixListener, error) {
 }
 
 // Serve answers connections on l until ctx ends, then closes l and ends
-// every connection, and returns once they are all done.
+// every connection, and returns once they are all done. A failure to
+// accept (too many open files) is logged and retried, backing off up to a
+// second, so that it does not end the control socket for the guest's life.
 func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
+	return s.serveListener(ctx, l)
+}
+
+// listener is what Serve uses of a *net.UnixListener.
+type listener interface {
+	AcceptUnix() (*net.UnixConn, error)
+	Close() error
+}
+
+// Accept's retry delays.
+const (
+	minAcceptDelay = 5 * time.Millisecond
+	maxAcceptDelay = time.Second
+)
+
+func (s *Server) serveListener(ctx context.Context, l listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { l.Close() })
@@ -79,14 +108,25 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	sem := make(chan struct{}, maxConns)
+	var delay time.Duration
 	for {
 		conn, err := l.AcceptUnix()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			return fmt.Errorf("accepting on the control socket: %w", err)
+			delay = min(max(2*delay, minAcceptDelay), maxAcceptDelay)
+			if s.Log != nil {
+				s.Log(fmt.Sprintf("control socket: accepting a connection: %v; retrying in %v", err, delay))
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(delay):
+			}
+			continue
 		}
+		delay = 0
 		select {
 		case sem <- struct{}{}:
 		default:
@@ -115,19 +155,26 @@ func (s *Server) refuse(conn *net.UnixConn, e *wireError) {
 	_ = writeLine(conn, response{Error: e})
 }
 
+// maxRefusedLine is as much of a refused client's request as the server
+// reads (and discards) before it answers with the refusal.
+const maxRefusedLine = 4 << 10
+
 func (s *Server) serve(ctx context.Context, conn *net.UnixConn) error {
 	_ = conn.SetDeadline(time.Now().Add(requestTimeout))
 	r := bufio.NewReader(conn)
-	var req request
-	rerr := readLine(r, &req)
-	// Checked after the request was read, so that the client, which
-	// writes it first, reads the refusal rather than a broken pipe.
 	if err := s.checkPeer(conn); err != nil {
+		// The client writes its request first: read (a bounded part of)
+		// it, unparsed, so that the client reads the refusal rather than
+		// a broken pipe.
+		_, _ = bufio.NewReaderSize(io.LimitReader(conn, maxRefusedLine), maxRefusedLine).ReadSlice('\n')
 		_ = writeLine(conn, response{Error: &wireError{Kind: kindDenied, Message: ErrDenied.Error()}})
 		return err
 	}
-	if rerr != nil {
-		return fmt.Errorf("reading a request: %w", rerr)
+	var req request
+	if err := readLine(r, &req); err == io.EOF {
+		return nil // connected and closed: a check that the server answers
+	} else if err != nil {
+		return fmt.Errorf("reading a request: %w", err)
 	}
 	var resp response
 	switch req.Op {
@@ -141,12 +188,7 @@ func (s *Server) serve(ctx context.Context, conn *net.UnixConn) error {
 			resp.Status = &st
 		}
 	case opMconsole:
-		d := time.Duration(req.Timeout) * time.Millisecond
-		if d <= 0 {
-			d = defaultCommandTimeout
-		}
-		d = min(d, maxCommandTimeout)
-		cctx, cancel := context.WithTimeout(ctx, d)
+		cctx, cancel := context.WithTimeout(ctx, commandTimeout(req.Timeout))
 		reply, err := s.Handler.Mconsole(cctx, req.Command)
 		cancel()
 		if err != nil {
@@ -228,29 +270,7 @@ func (s *Server) attach(ctx context.Context, conn *net.UnixConn, r *bufio.Reader
 	outDone := make(chan struct{})
 	go func() {
 		defer close(outDone)
-		send := func(typ byte, p []byte) bool {
-			_ = conn.SetWriteDeadline(time.Now().Add(outputTimeout))
-			return writeFrame(conn, typ, p) == nil
-		}
-		for {
-			select {
-			case <-sess.Wake():
-				if p := sess.Take(); len(p) > 0 && !send(frameOutput, p) {
-					sess.Detach()
-					conn.Close() // also ends the input loop
-					return
-				}
-			case <-sess.Done():
-				if p := sess.Take(); len(p) > 0 && !send(frameOutput, p) {
-					return
-				}
-				if reason := sess.Reason(); reason != "" {
-					send(frameNotice, []byte(reason))
-				}
-				conn.Close()
-				return
-			}
-		}
+		sendOutput(conn, sess)
 	}()
 	// Input until the client closes (detach) or the session ends, which
 	// closes the connection.
@@ -275,4 +295,40 @@ func (s *Server) attach(ctx context.Context, conn *net.UnixConn, r *bufio.Reader
 	sess.Detach()
 	<-outDone
 	return ierr
+}
+
+// outputConn is the connection as sendOutput uses it.
+type outputConn interface {
+	Write(p []byte) (int, error)
+	SetWriteDeadline(t time.Time) error
+	Close() error
+}
+
+// sendOutput sends sess's output to conn until the session ends, then the
+// notice saying why. It always closes conn when it returns: that ends the
+// input loop, which otherwise waits for the client with no deadline and
+// holds one of the server's connections.
+func sendOutput(conn outputConn, sess *Session) {
+	defer conn.Close()
+	send := func(typ byte, p []byte) bool {
+		_ = conn.SetWriteDeadline(time.Now().Add(outputTimeout))
+		return writeFrame(conn, typ, p) == nil
+	}
+	for {
+		select {
+		case <-sess.Wake():
+			if p := sess.Take(); len(p) > 0 && !send(frameOutput, p) {
+				sess.Detach()
+				return
+			}
+		case <-sess.Done():
+			if p := sess.Take(); len(p) > 0 && !send(frameOutput, p) {
+				return
+			}
+			if reason := sess.Reason(); reason != "" {
+				send(frameNotice, []byte(reason))
+			}
+			return
+		}
+	}
 }

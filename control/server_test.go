@@ -1,6 +1,7 @@
 package control
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -308,5 +310,204 @@ func TestClientNotReading(t *testing.T) {
 	}
 	if hub.Attached() {
 		t.Error("a client that does not read is still attached after 4 MiB")
+	}
+}
+
+// failingConn is a connection whose writes fail, as to a client that shut
+// its reading side.
+type failingConn struct {
+	mu     sync.Mutex
+	closed bool
+}
+
+func (c *failingConn) Write([]byte) (int, error)        { return 0, errors.New("broken pipe") }
+func (c *failingConn) SetWriteDeadline(time.Time) error { return nil }
+func (c *failingConn) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	return nil
+}
+
+// TestSendOutputCloses: however the output ends, the connection is closed,
+// so that the input loop ends and the connection's slot is freed.
+func TestSendOutputCloses(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		end  func(h *Hub, s *Session)
+	}{
+		// Ended with output queued, which cannot be sent.
+		{"ended, failing output", func(h *Hub, s *Session) {
+			<-s.Wake() // only Done is ready: the replay waits
+			h.Close("the guest's kernel exited")
+		}},
+		{"ended, failing notice", func(h *Hub, s *Session) {
+			<-s.Wake()
+			s.Take()
+			h.Close("the guest's kernel exited")
+		}},
+		{"failing output", func(h *Hub, s *Session) {}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := NewHub(newFakeTerminal())
+			h.Write([]byte("replay\n"))
+			s, err := h.Attach(false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.end(h, s)
+			conn := &failingConn{}
+			done := make(chan struct{})
+			go func() { defer close(done); sendOutput(conn, s) }()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("sendOutput did not return 5 s after its output failed")
+			}
+			if !conn.closed {
+				t.Error("sendOutput returned without closing the connection")
+			}
+			if h.Attached() {
+				t.Error("the session is still attached")
+			}
+		})
+	}
+}
+
+// logRecorder records a server's log.
+type logRecorder struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (l *logRecorder) log(msg string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.msgs = append(l.msgs, msg)
+}
+
+func (l *logRecorder) take() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	m := l.msgs
+	l.msgs = nil
+	return m
+}
+
+// TestQuietCheck: a client that connects and closes without a request (as
+// Dial does) is no failure, and is not logged; one that breaks off its
+// request is.
+func TestQuietCheck(t *testing.T) {
+	var rec logRecorder
+	dir := serve(t, &Server{Handler: &fakeHandler{}, Log: rec.log})
+	for _, tt := range []struct {
+		name, send string
+		want       []string
+	}{
+		{"nothing", "", nil},
+		{"half a request", `{"op":`, []string{"control socket: reading a request: unexpected EOF"}},
+		{"a request", `{"op":"status"}` + "\n", nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, err := net.Dial("unix", SocketPath(dir, "g"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if _, err := io.WriteString(conn, tt.send); err != nil {
+				t.Fatal(err)
+			}
+			conn.(*net.UnixConn).CloseWrite()
+			// The server logs before it closes the connection.
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadAll(conn); err != nil {
+				t.Fatalf("waiting for the server to close the connection: %v", err)
+			}
+			if diff := cmp.Diff(tt.want, rec.take()); diff != "" {
+				t.Errorf("logged (-want +got):\n%s", diff)
+			}
+		})
+	}
+	if _, err := Dial(t.Context(), dir, "g"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPeerRefusedFirst: a client that is not the allowed user is refused
+// before its request is read, however long that request is.
+func TestPeerRefusedFirst(t *testing.T) {
+	var rec logRecorder
+	dir := serve(t, &Server{Handler: &fakeHandler{}, UID: os.Getuid() + 1, Log: rec.log})
+	conn, err := net.Dial("unix", SocketPath(dir, "g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// More than the server reads of a refused request, and no line end.
+	if _, err := conn.Write(bytes.Repeat([]byte("x"), 2*maxRefusedLine)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	conn.SetReadDeadline(time.Now().Add(requestTimeout + 3*time.Second))
+	var resp response
+	if err := readLine(bufio.NewReader(conn), &resp); err != nil {
+		t.Fatalf("reading the refusal: %v", err)
+	}
+	if d := time.Since(start); d > requestTimeout/2 {
+		t.Errorf("the refusal took %v", d)
+	}
+	if diff := cmp.Diff(&wireError{Kind: kindDenied, Message: ErrDenied.Error()}, resp.Error); diff != "" {
+		t.Errorf("refusal (-want +got):\n%s", diff)
+	}
+}
+
+// flakyListener fails its first accepts as a process out of file
+// descriptors does.
+type flakyListener struct {
+	*net.UnixListener
+	mu    sync.Mutex
+	fails int
+}
+
+func (l *flakyListener) AcceptUnix() (*net.UnixConn, error) {
+	l.mu.Lock()
+	fail := l.fails > 0
+	l.fails--
+	l.mu.Unlock()
+	if fail {
+		return nil, &net.OpError{Op: "accept", Net: "unix", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.UnixListener.AcceptUnix()
+}
+
+// TestAcceptRetried: a failure to accept does not end the control socket.
+func TestAcceptRetried(t *testing.T) {
+	dir := t.TempDir()
+	os.Mkdir(filepath.Join(dir, "g"), 0o700)
+	l, err := Listen(SocketPath(dir, "g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec logRecorder
+	s := &Server{Handler: &fakeHandler{status: Status{Boots: 1}}, UID: os.Getuid(), Log: rec.log}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- s.serveListener(ctx, &flakyListener{UnixListener: l, fails: 3}) }()
+	c := &Client{path: SocketPath(dir, "g")}
+	st, err := c.Status(t.Context())
+	if err != nil || st.Boots != 1 {
+		t.Errorf("Status after 3 failed accepts: %+v, %v", st, err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+	want := []string{
+		"control socket: accepting a connection: accept unix: accept4: too many open files; retrying in 5ms",
+		"control socket: accepting a connection: accept unix: accept4: too many open files; retrying in 10ms",
+		"control socket: accepting a connection: accept unix: accept4: too many open files; retrying in 20ms",
+	}
+	if diff := cmp.Diff(want, rec.take()); diff != "" {
+		t.Errorf("logged (-want +got):\n%s", diff)
 	}
 }

@@ -19,6 +19,11 @@ import (
 // guestState is what the control socket reports and acts on, shared by
 // the supervisor's loop and the control server.
 type guestState struct {
+	// freezeMu is held across every freeze and thaw (mconsole stop and
+	// go) and across setting stopping, so that no freeze starts once the
+	// guest is being stopped and thawForStop's go comes after any freeze.
+	freezeMu sync.Mutex
+
 	mu       sync.Mutex
 	kernel   *kernel      // nil until the kernel has started
 	ctl      guestControl // the kernel's management console (kernel, or a fake)
@@ -26,7 +31,11 @@ type guestState struct {
 	ready    bool
 	boots    int
 	frozen   bool
+	unknown  bool // a stop or go failed other than by the kernel's refusal
 	stopping bool
+	// abandon ends the freeze or thaw in flight: thawForStop does not
+	// wait for the whole of a client's timeout.
+	abandon context.CancelFunc
 }
 
 func (g *guestState) setKernel(k *kernel) {
@@ -46,22 +55,14 @@ func (g *guestState) booted() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.boots++
-	g.frozen = false
+	g.frozen, g.unknown = false, false
 }
 
-// setStopping marks the guest as being stopped, and says whether it is
-// frozen.
-func (g *guestState) setStopping() (frozen bool) {
+// setFrozen records the outcome of a stop or go.
+func (g *guestState) setFrozen(frozen, unknown bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.stopping = true
-	return g.frozen
-}
-
-func (g *guestState) setFrozen(frozen bool) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.frozen = frozen
+	g.frozen, g.unknown = frozen, unknown
 }
 
 func (g *guestState) running() *kernel {
@@ -78,11 +79,13 @@ func (g *guestState) running() *kernel {
 	}
 }
 
-// Status is control.Handler's.
+// Status is control.Handler's. A guest whose last stop or go failed other
+// than by the kernel's refusal (its answer did not come in time) may be
+// frozen: it is reported Frozen, and FrozenUnknown.
 func (g *guestState) Status(context.Context) (control.Status, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	st := control.Status{Started: g.started, Ready: g.ready, Boots: g.boots, Frozen: g.frozen, Stopping: g.stopping}
+	st := control.Status{Started: g.started, Ready: g.ready, Boots: g.boots, Frozen: g.frozen || g.unknown, FrozenUnknown: g.unknown, Stopping: g.stopping}
 	if g.kernel != nil {
 		st.KernelPID = g.kernel.proc.PID
 		st.ConsoleAttached = g.kernel.hub.Attached()
@@ -99,6 +102,9 @@ func (g *guestState) Console() (*control.Hub, error) {
 	return k.hub, nil
 }
 
+// errStopping refuses a freeze of a guest being stopped.
+var errStopping = errors.New("the guest is being stopped, so it cannot be frozen now; a frozen guest could not shut down")
+
 // Mconsole is control.Handler's. It follows the kernel's freezing: the
 // kernel matches a command by prefix, so "stop" and "go" are recognised
 // the same way.
@@ -107,41 +113,86 @@ func (g *guestState) Mconsole(ctx context.Context, cmd string) (string, error) {
 		return "", control.ErrNotRunning
 	}
 	freeze, thaw := strings.HasPrefix(cmd, "stop"), strings.HasPrefix(cmd, "go")
-	g.mu.Lock()
-	stopping := g.stopping
-	g.mu.Unlock()
-	if freeze && stopping {
-		// A frozen guest cannot shut down: the stop ladder would wait
-		// StopTimeout= in vain.
-		return "", errors.New("the guest is being stopped and cannot be frozen now")
+	if !freeze && !thaw {
+		return g.ctl.Command(ctx, cmd)
 	}
+	g.freezeMu.Lock()
+	defer g.freezeMu.Unlock()
+	g.mu.Lock()
+	if freeze && g.stopping {
+		g.mu.Unlock()
+		return "", errStopping
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g.abandon = cancel
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		g.abandon = nil
+		g.mu.Unlock()
+	}()
+
 	reply, err := g.ctl.Command(ctx, cmd)
 	var ce *mconsole.CommandError
 	switch {
-	case err == nil && (freeze || thaw):
-		g.setFrozen(freeze)
-	case errors.As(err, &ce) && freeze:
-		// "Already stopped": it is frozen, whoever froze it.
-		g.setFrozen(true)
-	case errors.As(err, &ce) && thaw:
-		g.setFrozen(false) // "Not stopped"
+	case err == nil:
+		g.setFrozen(freeze, false)
+	case errors.As(err, &ce):
+		// "Already stopped" to a stop, "Not stopped" to a go.
+		g.setFrozen(freeze, false)
+	default:
+		// The kernel may have frozen or thawed without an answer in time.
+		g.setFrozen(false, true)
+	}
+	if err != nil && freeze && ctx.Err() == context.Canceled {
+		g.mu.Lock()
+		stopping := g.stopping
+		g.mu.Unlock()
+		if stopping {
+			return "", errStopping
+		}
 	}
 	return reply, err
 }
 
+// thawGrace bounds thawForStop's go.
+const thawGrace = 2 * time.Second
+
+// thawForStop marks the guest as being stopped and lets it run again if it
+// is frozen, so that it can shut down. It ends a freeze or thaw in flight,
+// waits for it to return, and then sends go whatever the guest is thought
+// to be: a freeze whose answer came too late froze the kernel all the
+// same. It reports what it did and what failed through log.
+func (g *guestState) thawForStop(k guestControl, log func(journal.Priority, string)) {
+	g.mu.Lock()
+	g.stopping = true // no freeze starts from now on
+	if g.abandon != nil {
+		g.abandon()
+	}
+	g.mu.Unlock()
+	g.freezeMu.Lock()
+	defer g.freezeMu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), thawGrace)
+	defer cancel()
+	_, err := k.Command(ctx, "go")
+	var ce *mconsole.CommandError
+	switch {
+	case err == nil:
+		g.setFrozen(false, false)
+		log(journal.PriNotice, "letting the frozen guest run again (mconsole go), so that it can shut down")
+	case errors.As(err, &ce): // "Not stopped"
+		g.setFrozen(false, false)
+	default:
+		g.setFrozen(false, true)
+		log(journal.PriWarning, fmt.Sprintf("letting the guest run again before stopping it: %v; if it was frozen, it cannot shut down and will be killed", err))
+	}
+}
+
 // thawForStop lets a frozen guest run again, so that it can shut down.
 func (s *Supervisor) thawForStop(k *kernel, gs *guestState) {
-	if !gs.setStopping() {
-		return
-	}
-	s.Log.Event(journal.PriNotice, "letting the frozen guest run again (mconsole go), so that it can shut down")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if _, err := k.Command(ctx, "go"); err != nil {
-		s.Log.Event(journal.PriWarning, fmt.Sprintf("thawing the guest: %v", err))
-		return
-	}
-	gs.setFrozen(false)
+	gs.thawForStop(k, s.Log.Event)
 }
 
 // serveControl makes the guest's control socket, recorded first, and

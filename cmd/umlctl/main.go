@@ -20,10 +20,30 @@ import (
 var templatePath = generator.DefaultTemplate
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	ctx, stop := interruptible(context.Background())
 	err := run(ctx, os.Args[1:])
 	stop()
 	os.Exit(cli.ExitStatus(err))
+}
+
+// interruptible is a context that SIGTERM or SIGINT ends. Only the first:
+// once the context is done, they have their default effect again, so that
+// a second one ends an umlctl that does not.
+func interruptible(parent context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(parent)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case <-sigs:
+		case <-ctx.Done():
+		}
+		signal.Stop(sigs) // before the context is done
+		cancel()
+	}()
+	return ctx, func() { cancel(); <-done }
 }
 
 func run(ctx context.Context, args []string) error {
