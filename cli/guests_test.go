@@ -119,6 +119,7 @@ func TestStatus(t *testing.T) {
 		{name: "status", args: []string{"status", "dns"}, unit: running, kernel: &kernel, traffic: &counters},
 		{name: "status-json", args: []string{"status", "--json", "dns"}, unit: running, kernel: &kernel, traffic: &counters},
 		{name: "status-frozen", args: []string{"status", "web"}, unit: running, kernel: &kernelInfo{PID: 77, Boots: 1, Frozen: true}},
+		{name: "status-frozen-unknown", args: []string{"status", "web"}, unit: running, kernel: &kernelInfo{PID: 77, Boots: 1, Frozen: true, FrozenUnknown: true}},
 		{name: "status-stopped", args: []string{"status", "dns"}, unit: unitState{ActiveState: "inactive", SubState: "dead"}},
 		{
 			name: "status-failed", args: []string{"status", "web"},

@@ -28,7 +28,7 @@ func hostKernel(runtimeDir string) func(context.Context, string) (kernelInfo, er
 		if err != nil {
 			return kernelInfo{}, guestError(name, "", 0, err)
 		}
-		k := kernelInfo{PID: st.KernelPID, Boots: st.Boots, Ready: st.Ready, Frozen: st.Frozen}
+		k := kernelInfo{PID: st.KernelPID, Boots: st.Boots, Ready: st.Ready, Frozen: st.Frozen, FrozenUnknown: st.FrozenUnknown}
 		if st.KernelPID == 0 {
 			return k, nil // not started yet
 		}

@@ -26,6 +26,9 @@ type kernelInfo struct {
 	Boots   int     `json:"boots"`                    // 1 + reboots
 	Ready   bool    `json:"ready"`
 	Frozen  bool    `json:"frozen"`
+	// FrozenUnknown: a freeze or thaw did not complete; Frozen is then
+	// true, to be safe.
+	FrozenUnknown bool `json:"frozen_unknown,omitempty"`
 	// Problem is why a supervisor that runs could not be asked; nothing
 	// else is known then.
 	Problem string `json:"problem,omitempty"`
@@ -205,7 +208,10 @@ func printStatus(w io.Writer, r *statusReport, now time.Time) {
 		row("Kernel", "unknown: %s", k.Problem)
 	default:
 		var s []string
-		if k.Frozen {
+		switch {
+		case k.FrozenUnknown:
+			s = append(s, fmt.Sprintf("perhaps FROZEN (a freeze or thaw did not complete; umlctl thaw %s settles it)", r.Name))
+		case k.Frozen:
 			s = append(s, fmt.Sprintf("FROZEN (umlctl thaw %s resumes it)", r.Name))
 		}
 		s = append(s, fmt.Sprintf("pid %d", k.PID))
