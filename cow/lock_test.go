@@ -55,7 +55,7 @@ func TestMergeRefusesWhileGuestRuns(t *testing.T) {
 			var err error
 			newPath := filepath.Join(dir, fmt.Sprintf("new%d.img", i))
 			if tt.inPlace {
-				err = MergeInPlace(context.Background(), cowPath, MergeOptions{})
+				err = MergeInPlace(context.Background(), cowPath, MergeOptions{BackingWritable: anyBacking})
 			} else {
 				err = Merge(context.Background(), cowPath, newPath, MergeOptions{})
 			}
