@@ -2,19 +2,24 @@ package cli
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf16"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
 	"umlsd/config"
 	"umlsd/cow"
+	"umlsd/internal/printable"
 )
 
 func newCowCmd(env *Env) *cobra.Command {
@@ -100,7 +105,7 @@ func newCowInfoCmd(env *Env) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				_, err = fmt.Fprintf(env.Stdout, "%s\n", b)
+				_, err = fmt.Fprintf(env.Stdout, "%s\n", jsonPrintable(b))
 				return err
 			}
 			return writeCowInfo(env.Stdout, ci)
@@ -108,6 +113,27 @@ func newCowInfoCmd(env *Env) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON object")
 	return cmd
+}
+
+// jsonPrintable is the JSON text b with every character that is not
+// printable in its strings escaped: encoding/json escapes control
+// characters below U+0020 only, and leaves the others a guest can put in
+// its COW header, such as U+009B, which some terminals take for CSI, the
+// start of an escape sequence.
+func jsonPrintable(b []byte) []byte {
+	var out bytes.Buffer
+	for _, r := range string(b) {
+		switch {
+		case r == '\n' || unicode.IsPrint(r):
+			out.WriteRune(r)
+		case r > 0xffff:
+			r1, r2 := utf16.EncodeRune(r)
+			fmt.Fprintf(&out, `\u%04x\u%04x`, r1, r2)
+		default:
+			fmt.Fprintf(&out, `\u%04x`, r)
+		}
+	}
+	return out.Bytes()
 }
 
 func writeCowInfo(w io.Writer, ci cowInfo) error {
@@ -145,7 +171,8 @@ func writeCowInfo(w io.Writer, ci cowInfo) error {
 	}
 	var b strings.Builder
 	for _, l := range lines {
-		fmt.Fprintf(&b, "%-16s %s\n", l[0]+":", l[1])
+		// The backing file's path is the guest's to write, in the header.
+		fmt.Fprintf(&b, "%-16s %s\n", l[0]+":", printable.Line(l[1]))
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
@@ -214,15 +241,11 @@ file made in a jail. The guests must be stopped.`,
 				return mergeInPlace(c, env, a[0], opt, yes)
 			}
 			start := time.Now()
-			in, err := cow.ReadInfo(a[0])
-			if err != nil {
-				return err
-			}
 			if err := cow.Merge(c.Context(), a[0], a[1], opt); err != nil {
 				return withGuests(env, err)
 			}
-			fmt.Fprintf(env.Stdout, "Merged %s into %s: %d sectors, %s, from the COW file, in %.2f s.\n",
-				a[0], a[1], in.DirtySectors, bytesText(in.DirtyBytes), time.Since(start).Seconds())
+			fmt.Fprintf(env.Stdout, "Merged %s into %s%s in %.2f s.\n", a[0], a[1], dirtyText(a[0]), time.Since(start).Seconds())
+			fmt.Fprintf(env.Stdout, "%s is readable by root only, as it may hold the guest's private data; make it readable by the account of the guest that will use it (chmod 0644 %s if it holds nothing secret).\n", a[1], a[1])
 			return nil
 		},
 	}
@@ -233,24 +256,47 @@ file made in a jail. The guests must be stopped.`,
 }
 
 func mergeInPlace(c *cobra.Command, env *Env, cowPath string, opt cow.MergeOptions, yes bool) error {
-	in, err := cow.ReadInfo(cowPath)
+	h, err := cow.Read(cowPath)
 	if err != nil {
 		return err
 	}
-	backing := in.Backing
+	backing := h.Backing
 	if opt.Backing != "" {
 		backing = opt.Backing
 	}
-	fmt.Fprintf(env.Stderr, "Warning: merging %s into %s in place changes %s: every other COW file on it becomes invalid, and the guests using them will not boot.\n",
-		cowPath, backing, backing)
-	guests, err := guestsWith(env, func(g *config.Guest) bool { return sameFile(g.RootImage, backing) })
+	guests, err := guestsWith(env, func(g *config.Guest) bool { return cow.SameFile(g.RootImage, backing) })
 	if err != nil {
 		return err
 	}
+	if opt.Backing == "" {
+		// The guest wrote the header: write only into a file the
+		// configuration names, the one the merge opens.
+		notRoot := fmt.Errorf("COW file %s names backing file %s, which no guest in %s uses as RootImage=; a COW file can be forged by its guest, so umlctl does not write into a file it names; give the backing file explicitly with --backing if you mean it",
+			cowPath, printable.Line(backing), env.ConfigDir)
+		if len(guests) == 0 {
+			return notRoot
+		}
+		opt.BackingWritable = func(fi fs.FileInfo) error {
+			names, err := guestsWith(env, func(g *config.Guest) bool {
+				gfi, err := os.Stat(g.RootImage)
+				return err == nil && os.SameFile(gfi, fi)
+			})
+			if err != nil {
+				return err
+			}
+			if len(names) == 0 {
+				return notRoot
+			}
+			return nil
+		}
+	}
+	shown := printable.Line(backing)
+	fmt.Fprintf(env.Stderr, "Warning: merging %s into %s in place changes %s: every other COW file on it becomes invalid, and the guests using them will not boot.\n",
+		cowPath, shown, shown)
 	if len(guests) == 0 {
-		fmt.Fprintf(env.Stderr, "No guest configured in %s has RootImage=%s.\n", env.ConfigDir, backing)
+		fmt.Fprintf(env.Stderr, "No guest configured in %s has RootImage=%s.\n", env.ConfigDir, shown)
 	} else {
-		fmt.Fprintf(env.Stderr, "Guests with RootImage=%s: %s.\n", backing, strings.Join(guests, ", "))
+		fmt.Fprintf(env.Stderr, "Guests with RootImage=%s: %s.\n", shown, strings.Join(guests, ", "))
 	}
 	if !yes {
 		ok, err := confirm(env, "Merge in place? [y/N] ")
@@ -265,9 +311,20 @@ func mergeInPlace(c *cobra.Command, env *Env, cowPath string, opt cow.MergeOptio
 	if err := cow.MergeInPlace(c.Context(), cowPath, opt); err != nil {
 		return withGuests(env, err)
 	}
-	fmt.Fprintf(env.Stdout, "Merged %s into %s: %d sectors, %s, from the COW file, in %.2f s. Every COW file on %s, this one included, is now invalid.\n",
-		cowPath, backing, in.DirtySectors, bytesText(in.DirtyBytes), time.Since(start).Seconds(), backing)
+	fmt.Fprintf(env.Stdout, "Merged %s into %s%s in %.2f s. Every COW file on %s, this one included, is now invalid.\n",
+		cowPath, shown, dirtyText(cowPath), time.Since(start).Seconds(), shown)
 	return nil
+}
+
+// dirtyText says how much a merged COW file held, after the merge: before
+// it, the backing file is to be checked first, as the header's claims
+// decide how much there is to read.
+func dirtyText(cowPath string) string {
+	in, err := cow.ReadInfo(cowPath)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf(": %d sectors, %s, from the COW file,", in.DirtySectors, bytesText(in.DirtyBytes))
 }
 
 // confirm asks the question on stderr and reads the answer from stdin,
@@ -321,9 +378,9 @@ func withGuests(env *Env, err error) error {
 	}
 	names, lerr := guestsWith(env, func(g *config.Guest) bool {
 		if inUse.Role == "COW file" {
-			return sameFile(g.Cow, inUse.Path)
+			return cow.SameFile(g.Cow, inUse.Path)
 		}
-		return sameFile(g.RootImage, inUse.Path)
+		return cow.SameFile(g.RootImage, inUse.Path)
 	})
 	if lerr != nil || len(names) == 0 {
 		return err
@@ -333,17 +390,4 @@ func withGuests(env *Env, err error) error {
 		stops[i] = "umlctl stop " + n
 	}
 	return fmt.Errorf("%w; guests configured with it: %s (%s)", err, strings.Join(names, ", "), strings.Join(stops, "; "))
-}
-
-// sameFile says whether a and b name the same file.
-func sameFile(a, b string) bool {
-	if a == "" || b == "" {
-		return false
-	}
-	if a == b {
-		return true
-	}
-	fa, errA := os.Stat(a)
-	fb, errB := os.Stat(b)
-	return errA == nil && errB == nil && os.SameFile(fa, fb)
 }

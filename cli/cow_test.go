@@ -3,10 +3,13 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +19,7 @@ import (
 
 	"umlsd/cow"
 	"umlsd/internal/golden"
+	"umlsd/internal/printable"
 )
 
 const fixtureMTime = 1700000000
@@ -44,7 +48,13 @@ func physicalTempDir(t *testing.T) string {
 // 1, 2 and the partial last one written.
 func cowFixture(t *testing.T, dir string) (backing, cowPath string) {
 	t.Helper()
-	backing = filepath.Join(dir, "root.img")
+	return cowFixtureOn(t, dir, "root.img")
+}
+
+// cowFixtureOn is cowFixture with the backing file named name.
+func cowFixtureOn(t *testing.T, dir, name string) (backing, cowPath string) {
+	t.Helper()
+	backing = filepath.Join(dir, name)
 	if err := os.WriteFile(backing, bytes.Repeat([]byte("root"), 5300/4), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -86,23 +96,28 @@ func exitOf(env *Env, args ...string) int {
 }
 
 func TestCowInfoGolden(t *testing.T) {
+	remove := func(t *testing.T, backing string) {
+		if err := os.Remove(backing); err != nil {
+			t.Fatal(err)
+		}
+	}
 	tests := []struct {
-		name  string
-		spoil func(t *testing.T, backing string)
+		name    string
+		backing string // its name
+		spoil   func(t *testing.T, backing string)
 	}{
-		{"matches", func(*testing.T, string) {}},
-		{"touched", func(t *testing.T, backing string) { setMTime(t, backing, fixtureMTime+3600) }},
-		{"missing", func(t *testing.T, backing string) {
-			if err := os.Remove(backing); err != nil {
-				t.Fatal(err)
-			}
-		}},
+		{"matches", "root.img", func(*testing.T, string) {}},
+		{"touched", "root.img", func(t *testing.T, backing string) { setMTime(t, backing, fixtureMTime+3600) }},
+		{"missing", "root.img", remove},
+		// The guest wrote the header: its escape sequences must not reach
+		// the terminal, to erase lines or forge them.
+		{"escape", "root.img\x1b[1A\x1b[2K\rBacking matches: yes\n\u009b2J", remove},
 	}
 	for _, tt := range tests {
 		for _, format := range []string{"txt", "json"} {
 			t.Run(tt.name+"/"+format, func(t *testing.T) {
 				dir := physicalTempDir(t)
-				backing, cowPath := cowFixture(t, dir)
+				backing, cowPath := cowFixtureOn(t, dir, tt.backing)
 				tt.spoil(t, backing)
 				env, stdout, stderr := cowEnv(t)
 				args := []string{"cow", "info", cowPath}
@@ -111,6 +126,12 @@ func TestCowInfoGolden(t *testing.T) {
 				}
 				if st := exitOf(env, args...); st != 0 {
 					t.Fatalf("exit status %d, stderr:\n%s", st, stderr)
+				}
+				if format == "json" { // escaped for the terminal, but the same value
+					var ci cowInfo
+					if err := json.Unmarshal(stdout.Bytes(), &ci); err != nil || ci.BackingFile != backing {
+						t.Errorf("backing_file: %q (%v), want %q", ci.BackingFile, err, backing)
+					}
 				}
 				// The temporary directory and the allocation, which depends on
 				// the file system, are placeholders in the golden files.
@@ -172,11 +193,21 @@ func TestCowCreateAndMerge(t *testing.T) {
 	if st := exitOf(env, "cow", "create", backing, cowPath); st != 0 {
 		t.Fatalf("cow create: exit status %d, stderr:\n%s", st, stderr)
 	}
+	stdout.Reset()
 	if st := exitOf(env, "cow", "merge", cowPath, merged); st != 0 {
 		t.Fatalf("cow merge: exit status %d, stderr:\n%s", st, stderr)
 	}
 	if want := "Merged " + cowPath + " into " + merged + ": 0 sectors, 0 bytes, from the COW file, in "; !strings.Contains(stdout.String(), want) {
 		t.Errorf("stdout:\n%s\nwant it to contain %q", stdout, want)
+	}
+	hint := merged + " is readable by root only, as it may hold the guest's private data; make it readable by the account of the guest that will use it (chmod 0644 " + merged + " if it holds nothing secret).\n"
+	if !strings.HasSuffix(stdout.String(), hint) || strings.Count(stdout.String(), "\n") != 2 {
+		t.Errorf("stdout:\n%s\nwant it to end with the line %q", stdout, hint)
+	}
+	if fi, err := os.Stat(merged); err != nil {
+		t.Error(err)
+	} else if fi.Mode() != 0o600 {
+		t.Errorf("merged image has mode %v, want -rw-------", fi.Mode())
 	}
 	got, err := os.ReadFile(merged)
 	if err != nil {
@@ -268,5 +299,172 @@ func TestWithGuests(t *testing.T) {
 	}
 	if !errors.As(err, &inUse) {
 		t.Errorf("withGuests lost the InUseError")
+	}
+}
+
+// TestCowMergeInPlaceForgedBacking merges in place a COW file whose header
+// names a file no guest uses as RootImage=, as one its guest forged to name
+// the C library would.
+func TestCowMergeInPlaceForgedBacking(t *testing.T) {
+	const (
+		forged = "libc.so.6\x1b[2K" // with an escape sequence, shown escaped
+		plain  = "root.img"         // uml.conf(5) takes no control characters
+	)
+	tests := []struct {
+		name   string
+		file   string                           // the backing file's name
+		root   func(dir, backing string) string // the guest's RootImage=
+		args   func(backing string) []string    // after merge --in-place -y
+		want   int
+		stderr string // the last line; BACKING, CONF for the paths
+	}{
+		{"no guest uses it", forged, func(dir, _ string) string { return filepath.Join(dir, "other.img") }, func(string) []string { return nil }, ExitFailure,
+			"umlctl: COW file COW names backing file BACKING, which no guest in CONF uses as RootImage=; a COW file can be forged by its guest, so umlctl does not write into a file it names; give the backing file explicitly with --backing if you mean it\n"},
+		{"named with --backing", forged, func(dir, _ string) string { return filepath.Join(dir, "other.img") }, func(b string) []string { return []string{"--backing", b} }, 0,
+			"No guest configured in CONF has RootImage=BACKING.\n"},
+		{"a guest's RootImage=", plain, func(_, b string) string { return b }, func(string) []string { return nil }, 0,
+			"Guests with RootImage=BACKING: g.\n"},
+		{"a guest's RootImage= through a link", plain, func(dir, b string) string {
+			link := filepath.Join(dir, "link.img")
+			if err := os.Symlink(b, link); err != nil {
+				t.Fatal(err)
+			}
+			return link
+		}, func(string) []string { return nil }, 0, "Guests with RootImage=BACKING: g.\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := physicalTempDir(t)
+			backing, cowPath := cowFixtureOn(t, dir, tt.file)
+			before, err := os.ReadFile(backing)
+			if err != nil {
+				t.Fatal(err)
+			}
+			env, _, stderr := cowEnv(t)
+			writeGuest(t, env, "g", tt.root(dir, backing))
+			args := append([]string{"cow", "merge", "--in-place", "-y"}, tt.args(backing)...)
+			if st := exitOf(env, append(args, cowPath)...); st != tt.want {
+				t.Errorf("exit status %d, want %d; stderr:\n%s", st, tt.want, stderr)
+			}
+			lines := strings.SplitAfter(stderr.String(), "\n")
+			got := strings.NewReplacer(cowPath, "COW", filepath.Join(dir, printable.Line(tt.file)), "BACKING", env.ConfigDir, "CONF").Replace(lines[max(0, len(lines)-2)])
+			if diff := cmp.Diff(tt.stderr, got); diff != "" {
+				t.Errorf("last line of stderr (-want +got):\n%s", diff)
+			}
+			after, err := os.ReadFile(backing)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if changed := !bytes.Equal(before, after); changed != (tt.want == 0) {
+				t.Errorf("backing file changed: %v, want %v", changed, tt.want == 0)
+			}
+		})
+	}
+}
+
+// TestCowSpecialFiles checks that cow info and merge refuse a FIFO or a
+// device as the COW or backing file without opening it: opening a FIFO
+// blocks, and a device's open can have side effects.
+func TestCowSpecialFiles(t *testing.T) {
+	dir := physicalTempDir(t)
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, cowPath := cowFixture(t, dir)
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"info of a FIFO", []string{"cow", "info", fifo}, "umlctl: reading COW file FIFO: COW file FIFO is a named pipe (FIFO), not a regular file, so it is not opened; name a regular file instead\n"},
+		{"info of /dev/null", []string{"cow", "info", "/dev/null"}, "umlctl: reading COW file /dev/null: COW file /dev/null is a character device, not a regular file, so it is not opened; name a regular file instead\n"},
+		{"merge of a FIFO", []string{"cow", "merge", fifo, filepath.Join(dir, "new.img")}, "umlctl: merging COW file FIFO: COW file FIFO is a named pipe (FIFO), not a regular file, so it is not opened; name a regular file instead\n"},
+		{"merge on a FIFO", []string{"cow", "merge", "--backing", fifo, cowPath, filepath.Join(dir, "new.img")}, "umlctl: merging COW file COW: opening the backing file: backing file FIFO is a named pipe (FIFO), not a regular file, so it is not opened; name a regular file instead\n"},
+		{"merge in place into /dev/null", []string{"cow", "merge", "--in-place", "-y", "--backing", "/dev/null", cowPath}, "umlctl: merging COW file COW in place: opening the backing file: backing file /dev/null is a character device, not a regular file, so it is not opened; name a regular file instead\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env, _, stderr := cowEnv(t)
+			done := make(chan int, 1)
+			go func() { done <- exitOf(env, tt.args...) }()
+			select {
+			case st := <-done:
+				if st != ExitFailure {
+					t.Errorf("exit status %d, want %d", st, ExitFailure)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("still running after 5 s")
+			}
+			lines := strings.SplitAfter(stderr.String(), "\n")
+			got := strings.NewReplacer(fifo, "FIFO", cowPath, "COW").Replace(lines[max(0, len(lines)-2)])
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("last line of stderr (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestCowHugeHeader checks cow info and merge on a COW file whose header
+// claims a backing file of 8000 GiB, with a bitmap of 2 GiB: they must not
+// read it whole.
+func TestCowHugeHeader(t *testing.T) {
+	dir := physicalTempDir(t)
+	backing, cowPath := cowFixture(t, dir)
+	f, err := os.OpenFile(cowPath, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var size [8]byte
+	binary.BigEndian.PutUint64(size[:], 8000<<30)
+	_, err = f.WriteAt(size[:], 12) // a version 3 header's size field
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := cow.Read(cowPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.BitmapLen != 2097152000 {
+		t.Fatalf("bitmap of %d bytes, want 2097152000", h.BitmapLen)
+	}
+	if err := os.Truncate(cowPath, h.DataOffset); err != nil { // the whole bitmap
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		want int
+	}{
+		{"info", []string{"cow", "info", cowPath}, 0},
+		{"merge", []string{"cow", "merge", cowPath, filepath.Join(dir, "new.img")}, ExitFailure},
+		{"merge in place", []string{"cow", "merge", "--in-place", "-y", "--backing", backing, cowPath}, ExitFailure},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env, _, stderr := cowEnv(t)
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			start := time.Now()
+			st := exitOf(env, tt.args...)
+			elapsed := time.Since(start)
+			runtime.ReadMemStats(&after)
+			if st != tt.want {
+				t.Errorf("exit status %d, want %d; stderr:\n%s", st, tt.want, stderr)
+			}
+			if n := after.TotalAlloc - before.TotalAlloc; n > 16<<20 {
+				t.Errorf("allocated %d bytes, want at most 16 MiB", n)
+			}
+			if elapsed > 5*time.Second {
+				t.Errorf("took %v, want at most 5 s", elapsed)
+			}
+			if want := "its size is 5300 bytes, the COW header says 8589934592000"; tt.want != 0 && !strings.Contains(stderr.String(), want) {
+				t.Errorf("stderr:\n%s\nwant it to contain %q", stderr, want)
+			}
+		})
 	}
 }

@@ -30,6 +30,8 @@ import (
 	"math"
 	"os"
 	"time"
+
+	"umlsd/internal/printable"
 )
 
 // Header is a COW file's header, with the layout the kernel derives from it.
@@ -212,7 +214,7 @@ func (h *Header) setLayout(bitmapOff uint64) error {
 
 // Read reads the header of the COW file at path.
 func Read(path string) (Header, error) {
-	f, err := os.Open(path)
+	f, err := openRegular(path, "COW file", os.O_RDONLY)
 	if err != nil {
 		return Header{}, fmt.Errorf("reading COW file %s: %w", path, err)
 	}
@@ -231,8 +233,9 @@ func Read(path string) (Header, error) {
 // device the kernel takes the device's size, which fi does not have: fi must
 // be a regular file's.
 func (h Header) Matches(fi fs.FileInfo) error {
+	backing := printable.Line(h.Backing)
 	if fi == nil {
-		return fmt.Errorf("checking backing file %s: no file information", h.Backing)
+		return fmt.Errorf("checking backing file %s: no file information", backing)
 	}
 	size, mtime := fi.Size(), fi.ModTime().Unix()
 	if size == h.Size && mtime == h.MTime {
@@ -250,10 +253,10 @@ func (h Header) Matches(fi fs.FileInfo) error {
 	}
 	hint := "restore the backing file the COW file was made from, or recreate the COW file, which discards the guest's changes"
 	if size == h.Size {
-		hint = fmt.Sprintf("if its contents did not change (it was only touched), touch -d @%d %s restores the mtime; otherwise %s", h.MTime, h.Backing, hint)
+		hint = fmt.Sprintf("if its contents did not change (it was only touched), touch -d @%d %s restores the mtime; otherwise %s", h.MTime, backing, hint)
 	}
 	return fmt.Errorf("backing file %s changed since the COW file was made: %s; the kernel refuses such a COW file and panics at boot; %s",
-		h.Backing, diff, hint)
+		backing, diff, hint)
 }
 
 // formatTime is an mtime in seconds as UTC and as the number touch -d @

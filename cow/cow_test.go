@@ -293,8 +293,8 @@ func TestRead(t *testing.T) {
 	}
 	for path, want := range map[string]string{
 		plain:            "reading COW file " + plain + ": " + ErrNotCOW.Error(),
-		dir + "/missing": "reading COW file " + dir + "/missing: open " + dir + "/missing: no such file or directory",
-		dir:              "reading COW file " + dir + ": reading header: read " + dir + ": is a directory",
+		dir + "/missing": "reading COW file " + dir + "/missing: stat " + dir + "/missing: no such file or directory",
+		dir:              "reading COW file " + dir + ": COW file " + dir + " is a directory, not a regular file, so it is not opened; name a regular file instead",
 	} {
 		_, err := Read(path)
 		if err == nil {

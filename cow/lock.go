@@ -7,6 +7,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"umlsd/internal/printable"
 )
 
 // LockHolder is the pid of a process whose fcntl lock on path conflicts
@@ -42,10 +44,11 @@ type InUseError struct {
 }
 
 func (e *InUseError) Error() string {
+	path := printable.Line(e.Path) // it may come from a COW header
 	if e.PID <= 0 {
-		return fmt.Sprintf("%s %s is in use by another program (another merge?); wait for it to finish", e.Role, e.Path)
+		return fmt.Sprintf("%s %s is in use by another program (another merge?); wait for it to finish", e.Role, path)
 	}
-	return fmt.Sprintf("%s %s is in use by process %d (a running guest?); stop the guest first (umlctl stop NAME)", e.Role, e.Path, e.PID)
+	return fmt.Sprintf("%s %s is in use by process %d (a running guest?); stop the guest first (umlctl stop NAME)", e.Role, path, e.PID)
 }
 
 // lockFile takes an open file description lock on all of f, without
@@ -62,7 +65,7 @@ func lockFile(f *os.File, role string, write bool) error {
 		return &InUseError{Role: role, Path: f.Name(), PID: lockHolder(f, write)}
 	}
 	if err != nil {
-		return fmt.Errorf("locking %s %s: %w", role, f.Name(), err)
+		return fmt.Errorf("locking %s %s: %w", role, printable.Line(f.Name()), err)
 	}
 	return nil
 }

@@ -1,83 +1,30 @@
 package cow
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"umlsd/internal/testbed"
 )
 
-// lockEnv makes the test binary a stand-in for a UML kernel: it takes the
-// process-associated fcntl locks the kernel takes on the files named in it
-// ("w:PATH" write-locked, "r:PATH" read-locked, comma-separated), says
-// "locked" and holds them until its standard input closes.
-const lockEnv = "UMLSD_COW_TEST_HOLD_LOCKS"
-
 func TestMain(m *testing.M) {
-	if spec := os.Getenv(lockEnv); spec != "" {
-		os.Exit(holdLocks(spec))
+	if testbed.RunLockHolder() {
+		return
 	}
 	os.Exit(m.Run())
 }
 
-func holdLocks(spec string) int {
-	for _, s := range strings.Split(spec, ",") {
-		mode, path, _ := strings.Cut(s, ":")
-		f, err := os.OpenFile(path, os.O_RDWR, 0)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: io.SeekStart}
-		if mode == "w" {
-			lk.Type = unix.F_WRLCK
-		}
-		if err := unix.FcntlFlock(f.Fd(), unix.F_SETLK, &lk); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-	}
-	fmt.Println("locked")
-	io.Copy(io.Discard, os.Stdin)
-	return 0
-}
-
-// startGuest starts a process that locks files as a UML kernel does, and
-// returns its pid; it ends with the test.
+// startGuest starts a process that locks files as a UML kernel does (see
+// testbed.HoldLocks), and returns its pid; it ends with the test.
 func startGuest(t *testing.T, spec string) int {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), lockEnv+"="+spec)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		stdin.Close()
-		cmd.Wait()
-	})
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if line != "locked\n" {
-		t.Fatalf("lock holder: %q, %v", line, err)
-	}
-	return cmd.Process.Pid
+	return testbed.HoldLocks(t, spec)
 }
 
 func TestMergeRefusesWhileGuestRuns(t *testing.T) {
@@ -108,7 +55,7 @@ func TestMergeRefusesWhileGuestRuns(t *testing.T) {
 			var err error
 			newPath := filepath.Join(dir, fmt.Sprintf("new%d.img", i))
 			if tt.inPlace {
-				err = MergeInPlace(context.Background(), cowPath, MergeOptions{})
+				err = MergeInPlace(context.Background(), cowPath, MergeOptions{BackingWritable: anyBacking})
 			} else {
 				err = Merge(context.Background(), cowPath, newPath, MergeOptions{})
 			}

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"umlsd/internal/printable"
 )
 
 // MergeOptions are the options of Merge and MergeInPlace.
@@ -21,10 +23,18 @@ type MergeOptions struct {
 	// header names, as uml_moo -b: for a COW file made in a jail, whose
 	// header has the path inside the jail.
 	Backing string
+	// BackingWritable, for MergeInPlace without Backing, says whether the
+	// backing file the header names may be written into: it gets that
+	// file's information from the open file, before anything is locked or
+	// written. A guest can forge its COW file's header to name any file,
+	// the C library for one, so without BackingWritable, or when it
+	// returns an error, MergeInPlace refuses.
+	BackingWritable func(fs.FileInfo) error
 }
 
 // chunkSize is how much of the image Merge handles at a time: large reads
-// and writes, a buffer that stays in the cache.
+// and writes, a buffer that stays in the cache. It is also how much of a
+// bitmap is read at a time.
 const chunkSize = 1 << 20
 
 // Merge does what `uml_moo COW NEW` does: it writes the image the guest
@@ -73,6 +83,9 @@ func merge(ctx context.Context, cowPath, newPath string, opt MergeOptions, wrap 
 		out = wrap(tmp)
 	}
 	// The length first: all-zero sectors, even the last, stay holes.
+	if err := tmp.Chmod(0o600); err != nil {
+		return fmt.Errorf("merging COW file %s: writing %s: %w", cowPath, tmp.Name(), err)
+	}
 	if err := tmp.Truncate(m.sectors * m.ss); err != nil {
 		return fmt.Errorf("merging COW file %s: writing %s: %w", cowPath, tmp.Name(), err)
 	}
@@ -116,7 +129,7 @@ func MergeInPlace(ctx context.Context, cowPath string, opt MergeOptions) error {
 		return fmt.Errorf("merging COW file %s in place: %w", cowPath, err)
 	}
 	if err := m.back.Sync(); err != nil {
-		return fmt.Errorf("merging COW file %s in place: writing %s: %w", cowPath, m.back.Name(), err)
+		return fmt.Errorf("merging COW file %s in place: writing %s: %w", cowPath, printable.Line(m.back.Name()), err)
 	}
 	return nil
 }
@@ -125,7 +138,7 @@ func MergeInPlace(ctx context.Context, cowPath string, opt MergeOptions) error {
 type merger struct {
 	h         Header
 	cow, back *os.File
-	bitmap    []byte
+	bits      bitmap
 	ss        int64
 	// sectors is how many sectors uml_moo merges: the backing file's
 	// whole sectors.
@@ -140,7 +153,7 @@ func openMerge(cowPath string, opt MergeOptions, inPlace bool) (_ *merger, err e
 			m.close()
 		}
 	}()
-	if m.cow, err = os.Open(cowPath); err != nil {
+	if m.cow, err = openRegular(cowPath, "COW file", os.O_RDONLY); err != nil {
 		return nil, err
 	}
 	// A guest write-locks its COW file: a read lock is enough to keep one
@@ -159,8 +172,20 @@ func openMerge(cowPath string, opt MergeOptions, inPlace bool) (_ *merger, err e
 	if inPlace {
 		flag = os.O_RDWR
 	}
-	if m.back, err = os.OpenFile(backing, flag, 0); err != nil {
+	if m.back, err = openRegular(backing, "backing file", flag); err != nil {
 		return nil, fmt.Errorf("opening the backing file: %w", err)
+	}
+	fi, err := m.back.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("opening the backing file: %w", printablePath(err))
+	}
+	if inPlace && opt.Backing == "" {
+		if opt.BackingWritable == nil {
+			return nil, fmt.Errorf("COW file %s names backing file %s, and a COW file can be forged by its guest, so the merge does not write into a file it names; give the backing file explicitly if you mean it", cowPath, printable.Line(backing))
+		}
+		if err := opt.BackingWritable(fi); err != nil {
+			return nil, err
+		}
 	}
 	// In place, a guest on any COW file of the backing file (which it
 	// read-locks) must not run: write-lock it. Otherwise only a writer of
@@ -168,22 +193,21 @@ func openMerge(cowPath string, opt MergeOptions, inPlace bool) (_ *merger, err e
 	if err := lockFile(m.back, "backing file", inPlace); err != nil {
 		return nil, err
 	}
-	fi, err := m.back.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("opening the backing file: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("backing file %s is not a regular file", backing)
-	}
+	// The backing file's real size first: the header's decides how long
+	// the bitmap is.
 	h := m.h
 	h.Backing = backing
 	if err := h.Matches(fi); err != nil {
 		return nil, err
 	}
-	m.bitmap = make([]byte, m.h.BitmapLen)
-	if _, err := m.cow.ReadAt(m.bitmap, m.h.BitmapOffset); err != nil {
-		return nil, fmt.Errorf("reading the bitmap: %w", truncated(err))
+	cfi, err := m.cow.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("reading the bitmap: %w", printablePath(err))
 	}
+	if cfi.Size() < m.h.BitmapOffset+m.h.BitmapLen {
+		return nil, fmt.Errorf("reading the bitmap: %w", truncated(io.EOF))
+	}
+	m.bits = bitmap{f: m.cow, off: m.h.BitmapOffset, len: m.h.BitmapLen}
 	m.ss = int64(m.h.SectorSize)
 	m.sectors = m.h.Size / m.ss
 	m.zero = make([]byte, m.ss)
@@ -199,18 +223,55 @@ func (m *merger) close() {
 	}
 }
 
-// dirty says whether sector i is in the COW file. The bitmap of a v1 or v2
-// header is a byte short when the sector count is not a multiple of 8; the
-// sectors it misses are clean, as for uml_moo when its heap is zero there.
+// bitmap is a window on a COW file's bitmap: a header can claim one of up
+// to 2 GiB, so it is read a chunk at a time as the merge proceeds.
+type bitmap struct {
+	f        *os.File
+	off, len int64 // where the bitmap is in f, and its length
+	base     int64 // the bitmap byte buf[0] is
+	buf      []byte
+}
+
+// load makes the window hold the bits of sectors [from, to), at most
+// chunkSize*8 of them.
+func (b *bitmap) load(from, to int64) error {
+	lo, hi := from/8, min(ceilDiv64(to, 8), b.len)
+	if lo >= hi || (lo >= b.base && hi <= b.base+int64(len(b.buf))) {
+		return nil
+	}
+	if b.buf == nil {
+		b.buf = make([]byte, min(chunkSize, b.len))
+	}
+	b.buf = b.buf[:min(int64(cap(b.buf)), b.len-lo)]
+	b.base = lo
+	if _, err := b.f.ReadAt(b.buf, b.off+lo); err != nil {
+		b.buf = b.buf[:0]
+		return fmt.Errorf("reading the bitmap: %w", truncated(err))
+	}
+	return nil
+}
+
+// byteAt is the bitmap's byte j, which must be in the window or past the
+// bitmap's end. The bitmap of a v1 or v2 header is a byte short when the
+// sector count is not a multiple of 8; the sectors it misses are clean, as
+// for uml_moo when its heap is zero there.
+func (b *bitmap) byteAt(j int64) byte {
+	if j >= b.len {
+		return 0
+	}
+	return b.buf[j-b.base]
+}
+
+// dirty says whether sector i is in the COW file.
 func (m *merger) dirty(i int64) bool {
-	return i/8 < int64(len(m.bitmap)) && m.bitmap[i/8]&(1<<(i%8)) != 0
+	return m.bits.byteAt(i/8)&(1<<(i%8)) != 0
 }
 
 // anyDirty says whether a sector in [from, to) is in the COW file.
 func (m *merger) anyDirty(from, to int64) bool {
 	for i := from; i < to; {
 		if i%8 == 0 && to-i >= 8 {
-			if i/8 < int64(len(m.bitmap)) && m.bitmap[i/8] != 0 {
+			if m.bits.byteAt(i/8) != 0 {
 				return true
 			}
 			i += 8
@@ -230,7 +291,7 @@ func (m *merger) anyDirty(from, to int64) bool {
 func (m *merger) copyAll(ctx context.Context, out io.WriterAt) error {
 	buf := make([]byte, chunkSize)
 	perChunk := int64(chunkSize) / m.ss
-	ext := extents{f: m.back}
+	ext := extents{f: m.back, role: "backing file"}
 	for first := int64(0); first < m.sectors; first += perChunk {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -239,6 +300,9 @@ func (m *merger) copyAll(ctx context.Context, out io.WriterAt) error {
 		off, end := first*m.ss, last*m.ss
 		hasData, err := ext.overlaps(off, end)
 		if err != nil {
+			return err
+		}
+		if err := m.bits.load(first, last); err != nil {
 			return err
 		}
 		if !hasData && !m.anyDirty(first, last) {
@@ -310,27 +374,33 @@ func (m *merger) isZero(b []byte, i int64) bool {
 func (m *merger) mergeInPlace(ctx context.Context) error {
 	perChunk := int64(chunkSize) / m.ss
 	cowBuf, backBuf := make([]byte, chunkSize), make([]byte, chunkSize)
-	for i := int64(0); i < m.sectors; {
-		if !m.dirty(i) {
-			// Skip clean bytes of the bitmap whole.
-			if i%8 == 0 && i/8 < int64(len(m.bitmap)) && m.bitmap[i/8] == 0 {
-				i += 8
-			} else {
-				i++
-			}
-			continue
-		}
+	for first := int64(0); first < m.sectors; first += perChunk {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		j := i + 1
-		for j < m.sectors && j-i < perChunk && m.dirty(j) {
-			j++
-		}
-		if err := m.mergeRun(cowBuf[:(j-i)*m.ss], backBuf[:(j-i)*m.ss], i); err != nil {
+		last := min(first+perChunk, m.sectors)
+		if err := m.bits.load(first, last); err != nil {
 			return err
 		}
-		i = j
+		for i := first; i < last; {
+			if !m.dirty(i) {
+				// Skip clean bytes of the bitmap whole.
+				if i%8 == 0 && m.bits.byteAt(i/8) == 0 {
+					i += 8
+				} else {
+					i++
+				}
+				continue
+			}
+			j := i + 1
+			for j < last && m.dirty(j) {
+				j++
+			}
+			if err := m.mergeRun(cowBuf[:(j-i)*m.ss], backBuf[:(j-i)*m.ss], i); err != nil {
+				return err
+			}
+			i = j
+		}
 	}
 	return nil
 }
@@ -377,7 +447,8 @@ func (m *merger) mergeRun(cowBuf, backBuf []byte, first int64) error {
 // extents reads a file's data extents, found with SEEK_DATA and SEEK_HOLE,
 // with zeros for its holes. Calls go forward through the file.
 type extents struct {
-	f *os.File
+	f    *os.File
+	role string // "backing file" or "COW file", for errors
 	// [start, end) is the data extent that holds the last offset asked
 	// for, or the first after it, if known; eof: there is none.
 	start, end int64
@@ -396,11 +467,11 @@ func (e *extents) next(off int64) error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("reading the backing file: %w", err)
+		return fmt.Errorf("reading the %s: %w", e.role, err)
 	}
 	end, err := unix.Seek(int(e.f.Fd()), start, unix.SEEK_HOLE)
 	if err != nil {
-		return fmt.Errorf("reading the backing file: %w", err)
+		return fmt.Errorf("reading the %s: %w", e.role, err)
 	}
 	e.start, e.end, e.known = start, end, true
 	return nil
@@ -431,7 +502,7 @@ func (e *extents) read(b []byte, off int64) error {
 		}
 		to := min(e.end, end)
 		if _, err := e.f.ReadAt(b[pos-off:to-off], pos); err != nil {
-			return fmt.Errorf("reading the backing file: %w", truncated(err))
+			return fmt.Errorf("reading the %s: %w", e.role, truncated(err))
 		}
 		pos = to
 	}
@@ -447,8 +518,9 @@ func truncated(err error) error {
 }
 
 // createTemp creates an empty file for path in its directory, with a
-// unique hidden name, as a file uml_moo creates would be (mode 0644 less
-// the umask).
+// unique hidden name. Unlike uml_moo's (mode 0644 less the umask), it is
+// readable by its owner only, as the COW file is: the image holds the
+// guest's private data, its host keys and password hashes.
 func createTemp(path string) (*os.File, error) {
 	dir, base := filepath.Split(path)
 	for range 100 {
@@ -457,7 +529,7 @@ func createTemp(path string) (*os.File, error) {
 			return nil, err
 		}
 		name := filepath.Join(dir, "."+base+".merge-"+hex.EncodeToString(r[:]))
-		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 		if !errors.Is(err, fs.ErrExist) {
 			return f, err
 		}

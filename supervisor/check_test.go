@@ -1,12 +1,10 @@
 package supervisor
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -198,52 +196,18 @@ func findingLines(fs []Finding, dir, image string) []string {
 	return lines
 }
 
-// TestHelperHoldLock is not a test: TestCheckInUse runs the test binary as
-// a process that holds a write lock on a file, as a UML kernel does on its
-// COW file, until its standard input closes.
-func TestHelperHoldLock(t *testing.T) {
-	path := os.Getenv("UMLSD_TEST_HOLD_LOCK")
-	if path == "" {
-		return // run as a test, not as TestCheckInUse's helper process
+func TestMain(m *testing.M) {
+	if testbed.RunLockHolder() {
+		return
 	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.FcntlFlock(f.Fd(), unix.F_SETLK, &unix.Flock_t{Type: unix.F_WRLCK}); err != nil {
-		t.Fatal(err)
-	}
-	os.Stdout.WriteString("locked\n")
-	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
-	os.Exit(0)
+	os.Exit(m.Run())
 }
 
 // holdLock has a child process lock path for writing until the test ends,
 // and returns its pid.
 func holdLock(t *testing.T, path string) int {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperHoldLock$")
-	cmd.Env = append(os.Environ(), "UMLSD_TEST_HOLD_LOCK="+path)
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		stdin.Close()
-		_ = cmd.Wait()
-	})
-	if line, err := bufio.NewReader(stdout).ReadString('\n'); line != "locked\n" {
-		t.Fatalf("the lock holder said %q (%v)", line, err)
-	}
-	return cmd.Process.Pid
+	return testbed.HoldLocks(t, "w:"+path)
 }
 
 func TestCheckInUse(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 
 	"umlsd/config"
 	"umlsd/cow"
+	"umlsd/internal/printable"
 	"umlsd/jail"
 	"umlsd/netprep"
 )
@@ -243,8 +244,8 @@ func (in *inspection) checkCow(context.Context) error {
 	if err != nil {
 		return hostErrorf("Cow=%s is not a usable COW file: %w", g.Cow, err)
 	}
-	if h.Backing != g.RootImage && !sameFile(h.Backing, g.RootImage) {
-		return hostErrorf("COW file %s was made for backing file %s, not RootImage=%s; set RootImage= to that file, or move the COW file away to start afresh", g.Cow, h.Backing, g.RootImage)
+	if !cow.SameFile(h.Backing, g.RootImage) {
+		return hostErrorf("COW file %s was made for backing file %s, not RootImage=%s; set RootImage= to that file, or move the COW file away to start afresh", g.Cow, printable.Line(h.Backing), g.RootImage)
 	}
 	bfi, err := os.Stat(g.RootImage)
 	if err != nil {
@@ -294,12 +295,6 @@ func (in *inspection) inUse(what, path string, write bool) error {
 		by = fmt.Sprintf("process %d of %s", holder, unit)
 	}
 	return hostErrorf("%s is in use by %s; stop it first", what, by)
-}
-
-func sameFile(a, b string) bool {
-	fa, errA := os.Stat(a)
-	fb, errB := os.Stat(b)
-	return errA == nil && errB == nil && os.SameFile(fa, fb)
 }
 
 // checkAccess checks that acct (with no supplementary groups: the kernel
