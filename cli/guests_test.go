@@ -134,8 +134,8 @@ func TestStatus(t *testing.T) {
 			// What the guest controls (its kernel's answers, its console,
 			// its STATUS= lines) reaches the terminal escaped.
 			name: "status-hostile", args: []string{"status", "web"},
-			unit: unitState{ActiveState: "active", SubState: "running", StatusText: "guest: ok\x1b]52;c;aGk=\x07"},
-			kernel: &kernelInfo{PID: 77, Boots: 1, Version: "Linux\x1b[2K\rFROZEN"},
+			unit:    unitState{ActiveState: "active", SubState: "running", StatusText: "guest: ok\x1b]52;c;aGk=\x07"},
+			kernel:  &kernelInfo{PID: 77, Boots: 1, Version: "Linux\x1b[2K\rFROZEN"},
 			console: []string{"\x1b[1A\x1b[2K● web - forged", "bidi \u202e"},
 		},
 	} {
