@@ -141,10 +141,7 @@ func printList(w io.Writer, entries []listEntry, now time.Time) {
 	fmt.Fprintln(tw, "NAME\tSTATE\tREADY SINCE\tADDRESSES\tTAP\tMEMORY")
 	var broken []listEntry
 	for _, e := range entries {
-		state := e.State
-		if e.SubState != "" && e.SubState != e.State {
-			state += " (" + e.SubState + ")"
-		}
+		state := unitState{ActiveState: e.State, SubState: e.SubState}.State()
 		since := "-"
 		if e.ReadySince != nil {
 			since = formatSince(*e.ReadySince, now)
