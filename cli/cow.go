@@ -143,7 +143,7 @@ func writeCowInfo(w io.Writer, ci cowInfo) error {
 	}
 	backingSize, backingMTime, matches := "-", "-", "yes"
 	if ci.BackingFound {
-		backingSize, backingMTime = bytesText(ci.BackingSize), timeText(ci.BackingMTime)
+		backingSize, backingMTime = bytesText(ci.BackingSize), cow.FormatMTime(ci.BackingMTime)
 	}
 	if !ci.BackingMatches {
 		matches = "no: " + ci.BackingProblem
@@ -153,7 +153,7 @@ func writeCowInfo(w io.Writer, ci cowInfo) error {
 		{"Version", fmt.Sprint(ci.Version)},
 		{"Backing file", ci.BackingFile},
 		{"Stored size", bytesText(ci.Size)},
-		{"Stored mtime", timeText(ci.MTime)},
+		{"Stored mtime", cow.FormatMTime(ci.MTime)},
 		{"Sector size", fmt.Sprint(ci.SectorSize)},
 		{"Alignment", align},
 		{"Bitmap offset", fmt.Sprint(ci.BitmapOffset)},
@@ -205,10 +205,6 @@ func humanBytes(n uint64) string {
 		v, u = v/1024, u+1
 	}
 	return fmt.Sprintf("%.1f %s", v, units[u])
-}
-
-func timeText(sec int64) string {
-	return fmt.Sprintf("%s (%d)", time.Unix(sec, 0).UTC().Format("2006-01-02 15:04:05 UTC"), sec)
 }
 
 func newCowMergeCmd(env *Env) *cobra.Command {

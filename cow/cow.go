@@ -249,7 +249,7 @@ func (h Header) Matches(fi fs.FileInfo) error {
 		if diff != "" {
 			diff += " and "
 		}
-		diff += fmt.Sprintf("it was modified at %s, the COW header says %s", formatTime(mtime), formatTime(h.MTime))
+		diff += fmt.Sprintf("it was modified at %s, the COW header says %s", FormatMTime(mtime), FormatMTime(h.MTime))
 	}
 	hint := "restore the backing file the COW file was made from, or recreate the COW file, which discards the guest's changes"
 	if size == h.Size {
@@ -259,9 +259,9 @@ func (h Header) Matches(fi fs.FileInfo) error {
 		backing, diff, hint)
 }
 
-// formatTime is an mtime in seconds as UTC and as the number touch -d @
+// FormatMTime is an mtime in seconds as UTC and as the number touch -d @
 // takes.
-func formatTime(sec int64) string {
+func FormatMTime(sec int64) string {
 	return fmt.Sprintf("%s (%d)", time.Unix(sec, 0).UTC().Format("2006-01-02 15:04:05 UTC"), sec)
 }
 

@@ -43,7 +43,7 @@ func Create(path, backing string) (err error) {
 	mtime := fi.ModTime().Unix()
 	if mtime < 0 || mtime > math.MaxUint32 {
 		return fmt.Errorf("creating COW file %s: backing file %s has mtime %s, which a COW header cannot store (it keeps 32 bits), so the kernel would refuse the COW file; touch the backing file first",
-			path, abs, formatTime(mtime))
+			path, abs, FormatMTime(mtime))
 	}
 	h := Header{
 		Version:    3,
