@@ -20,6 +20,7 @@ import (
 	"umlsd/cow"
 	"umlsd/internal/golden"
 	"umlsd/internal/printable"
+	"umlsd/internal/testbed"
 )
 
 const fixtureMTime = 1700000000
@@ -30,17 +31,6 @@ func cowEnv(t *testing.T) (*Env, *bytes.Buffer, *bytes.Buffer) {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
 	return &Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, ConfigDir: t.TempDir(), RuntimeDir: t.TempDir()}, &stdout, &stderr
-}
-
-// physicalTempDir is t.TempDir without symbolic links, as a COW header
-// names it.
-func physicalTempDir(t *testing.T) string {
-	t.Helper()
-	dir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dir
 }
 
 // cowFixture makes a 5300-byte backing file (10 whole sectors and a
@@ -116,7 +106,7 @@ func TestCowInfoGolden(t *testing.T) {
 	for _, tt := range tests {
 		for _, format := range []string{"txt", "json"} {
 			t.Run(tt.name+"/"+format, func(t *testing.T) {
-				dir := physicalTempDir(t)
+				dir := testbed.PhysicalTempDir(t)
 				backing, cowPath := cowFixtureOn(t, dir, tt.backing)
 				tt.spoil(t, backing)
 				env, stdout, stderr := cowEnv(t)
@@ -183,7 +173,7 @@ func TestCowUsage(t *testing.T) {
 }
 
 func TestCowCreateAndMerge(t *testing.T) {
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	backing := filepath.Join(dir, "root.img")
 	if err := os.WriteFile(backing, bytes.Repeat([]byte("root"), 1024), 0o644); err != nil {
 		t.Fatal(err)
@@ -235,7 +225,7 @@ func writeGuest(t *testing.T, env *Env, name, root string) {
 }
 
 func TestCowMergeInPlace(t *testing.T) {
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	backing, cowPath := cowFixture(t, dir)
 	before, err := os.ReadFile(backing)
 	if err != nil {
@@ -334,7 +324,7 @@ func TestCowMergeInPlaceForgedBacking(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			dir := physicalTempDir(t)
+			dir := testbed.PhysicalTempDir(t)
 			backing, cowPath := cowFixtureOn(t, dir, tt.file)
 			before, err := os.ReadFile(backing)
 			if err != nil {
@@ -366,7 +356,7 @@ func TestCowMergeInPlaceForgedBacking(t *testing.T) {
 // device as the COW or backing file without opening it: opening a FIFO
 // blocks, and a device's open can have side effects.
 func TestCowSpecialFiles(t *testing.T) {
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	fifo := filepath.Join(dir, "fifo")
 	if err := unix.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
@@ -409,7 +399,7 @@ func TestCowSpecialFiles(t *testing.T) {
 // claims a backing file of 8000 GiB, with a bitmap of 2 GiB: they must not
 // read it whole.
 func TestCowHugeHeader(t *testing.T) {
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	backing, cowPath := cowFixture(t, dir)
 	f, err := os.OpenFile(cowPath, os.O_RDWR, 0)
 	if err != nil {

@@ -22,17 +22,6 @@ import (
 
 const fixtureMTime = 1700000000
 
-// physicalTempDir is t.TempDir without symbolic links, as a COW header
-// names it.
-func physicalTempDir(t *testing.T) string {
-	t.Helper()
-	dir, err := filepath.EvalSymlinks(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
-
 // writeBacking makes a backing file of size bytes, data (not a hole) unless
 // sparse, with mtime fixtureMTime.
 func writeBacking(t *testing.T, path string, size int64, sparse bool) {
@@ -137,7 +126,7 @@ func TestCreateAsUMLMkcow(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			dir := physicalTempDir(t)
+			dir := testbed.PhysicalTempDir(t)
 			backing := filepath.Join(dir, "root.img")
 			writeBacking(t, backing, tt.size, tt.sparse)
 			ref, got := filepath.Join(dir, "ref.cow"), filepath.Join(dir, "got.cow")
@@ -177,7 +166,7 @@ func TestCreateAsUMLMkcow(t *testing.T) {
 // taken physically, the last element as given.
 func TestCreatePathsAsUMLMkcow(t *testing.T) {
 	testbed.RequireCommands(t, "uml_mkcow")
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	for _, d := range []string{"real/deep/a", "cows"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)
@@ -225,7 +214,7 @@ func TestCreatePathsAsUMLMkcow(t *testing.T) {
 }
 
 func TestCreateRefuses(t *testing.T) {
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	backing := filepath.Join(dir, "root.img")
 	writeBacking(t, backing, 1000, false)
 	existing := filepath.Join(dir, "existing.cow")
@@ -292,7 +281,7 @@ func TestCreateRefuses(t *testing.T) {
 // TestCreateTooLarge: the kernel keeps the data offset in an int, so a
 // backing file beyond about 8 TiB cannot have a COW file.
 func TestCreateTooLarge(t *testing.T) {
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	backing := filepath.Join(dir, "huge.img")
 	f, err := os.Create(backing)
 	if err != nil {
@@ -317,7 +306,7 @@ func TestCreateTooLarge(t *testing.T) {
 // TestCreateRemovesPartialFile makes the last write fail (a file size limit
 // below the COW file's length) after the header was written.
 func TestCreateRemovesPartialFile(t *testing.T) {
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	backing := filepath.Join(dir, "root.img")
 	writeBacking(t, backing, 1<<30, true)
 
@@ -348,7 +337,7 @@ func TestCreateRemovesPartialFile(t *testing.T) {
 }
 
 func TestMatchesAfterChange(t *testing.T) {
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	backing := filepath.Join(dir, "root.img")
 	writeBacking(t, backing, 1<<20, false)
 	cow := filepath.Join(dir, "root.cow")

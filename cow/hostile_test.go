@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"umlsd/internal/testbed"
 	"unicode"
 
 	"golang.org/x/sys/unix"
@@ -80,7 +81,7 @@ func within(t *testing.T, d time.Duration, f func()) {
 const huge = 8000 << 30 // what a hostile header claims: a 2 GiB bitmap
 
 func TestReadInfoHugeHeader(t *testing.T) {
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	backing := filepath.Join(dir, "root.img")
 	makeBacking(t, backing, 64<<10, backingKinds[1])
 	tests := []struct {
@@ -132,7 +133,7 @@ func TestReadInfoHugeHeader(t *testing.T) {
 }
 
 func TestMergeHugeHeader(t *testing.T) {
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	backing := filepath.Join(dir, "root.img")
 	makeBacking(t, backing, 64<<10, backingKinds[1])
 	cowPath := filepath.Join(dir, "root.cow")
@@ -171,7 +172,7 @@ func TestMergeHugeHeader(t *testing.T) {
 // at a time.
 func TestMergeReadsBitmapInChunks(t *testing.T) {
 	const size = 64 << 30
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	backing := filepath.Join(dir, "root.img")
 	makeBacking(t, backing, size, backingKinds[0])
 	cowPath := filepath.Join(dir, "root.cow")
@@ -219,7 +220,7 @@ func TestMergeReadsBitmapInChunks(t *testing.T) {
 }
 
 func TestSpecialFilesRefused(t *testing.T) {
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	fifo := filepath.Join(dir, "fifo")
 	if err := unix.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
@@ -277,7 +278,7 @@ func TestSpecialFilesRefused(t *testing.T) {
 }
 
 func TestMergeInPlaceRefusesHeaderBacking(t *testing.T) {
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	backing := filepath.Join(dir, "root.img")
 	makeBacking(t, backing, 64<<10, backingKinds[1])
 	cowPath := filepath.Join(dir, "root.cow")
@@ -318,7 +319,7 @@ func TestMergeInPlaceRefusesHeaderBacking(t *testing.T) {
 // TestHeaderPathsPrintable checks the errors that name the path a header
 // holds: its escape sequences are escaped.
 func TestHeaderPathsPrintable(t *testing.T) {
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	const evil = "\x1b[1A\x1b[2K\rroot.img\nall is well"
 	const shown = `\x1b[1A\x1b[2K\rroot.img\nall is well`
 	backing := filepath.Join(dir, evil)

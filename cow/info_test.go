@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"umlsd/internal/testbed"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -30,7 +31,7 @@ func TestReadInfoDirty(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			dir := physicalTempDir(t)
+			dir := testbed.PhysicalTempDir(t)
 			backing := filepath.Join(dir, "root.img")
 			makeBacking(t, backing, tt.size, backingKinds[0])
 			cowPath := filepath.Join(dir, "root.cow")
@@ -62,7 +63,7 @@ func TestReadInfoDirty(t *testing.T) {
 }
 
 func TestReadInfoBacking(t *testing.T) {
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	backing := filepath.Join(dir, "root.img")
 	makeBacking(t, backing, 4096, backingKinds[1])
 	cowPath := filepath.Join(dir, "root.cow")

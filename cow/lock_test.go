@@ -28,7 +28,7 @@ func startGuest(t *testing.T, spec string) int {
 }
 
 func TestMergeRefusesWhileGuestRuns(t *testing.T) {
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	backing := filepath.Join(dir, "root.img")
 	makeBacking(t, backing, 64<<10, backingKinds[1])
 	cowPath := filepath.Join(dir, "root.cow")

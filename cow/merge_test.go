@@ -212,7 +212,7 @@ func compareDir(t *testing.T) string {
 	t.Helper()
 	var st unix.Statfs_t
 	if err := unix.Statfs("/dev/shm", &st); err != nil || st.Type != unix.TMPFS_MAGIC {
-		return physicalTempDir(t)
+		return testbed.PhysicalTempDir(t)
 	}
 	dir, err := os.MkdirTemp("/dev/shm", "cow-test-")
 	if err != nil {
@@ -364,7 +364,7 @@ func TestMergeInPlaceAsUMLMoo(t *testing.T) {
 func TestMergeShortBitmap(t *testing.T) {
 	for _, version := range []uint32{1, 2} {
 		t.Run(fmt.Sprint(version), func(t *testing.T) {
-			dir := physicalTempDir(t)
+			dir := testbed.PhysicalTempDir(t)
 			backing := filepath.Join(dir, "root.img")
 			const size = 10 * 512
 			makeBacking(t, backing, size, backingKinds[1])
@@ -444,7 +444,7 @@ func (f *failingWriter) WriteAt(p []byte, off int64) (int, error) {
 // TestMergeFailureLeavesNothing checks that a merge that fails midway, as
 // on a full disk, leaves neither the new image nor a temporary file.
 func TestMergeFailureLeavesNothing(t *testing.T) {
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	backing := filepath.Join(dir, "root.img")
 	size := int64(3 << 20)
 	makeBacking(t, backing, size, backingKinds[1])
@@ -485,7 +485,7 @@ func TestMergeFailureLeavesNothing(t *testing.T) {
 }
 
 func TestMergeCanceled(t *testing.T) {
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	backing := filepath.Join(dir, "root.img")
 	makeBacking(t, backing, 3<<20, backingKinds[1])
 	cowPath := filepath.Join(dir, "root.cow")
@@ -513,7 +513,7 @@ type writerFunc func(p []byte, off int64) (int, error)
 func (f writerFunc) WriteAt(p []byte, off int64) (int, error) { return f(p, off) }
 
 func TestMergeRefuses(t *testing.T) {
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	backing := filepath.Join(dir, "root.img")
 	makeBacking(t, backing, 64<<10, backingKinds[1])
 	cowPath := filepath.Join(dir, "root.cow")
@@ -572,7 +572,7 @@ func TestMergeRefuses(t *testing.T) {
 // TestMergeLocksWhileMerging checks the merge's own lock: another
 // descriptor closed in this process keeps it.
 func TestMergeLocksWhileMerging(t *testing.T) {
-	dir := physicalTempDir(t)
+	dir := testbed.PhysicalTempDir(t)
 	backing := filepath.Join(dir, "root.img")
 	makeBacking(t, backing, 64<<10, backingKinds[1])
 	cowPath := filepath.Join(dir, "root.cow")
