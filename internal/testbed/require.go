@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 )
 
@@ -50,7 +51,7 @@ func packageOf(program string) string {
 		return "uml-utilities"
 	case "busybox":
 		return "busybox-static"
-	case "mke2fs", "e2fsck":
+	case "mke2fs", "e2fsck", "dumpe2fs", "debugfs":
 		return "e2fsprogs"
 	case "iptables", "ip6tables", "ebtables":
 		return "iptables"
@@ -92,4 +93,20 @@ func RequireCommands(t testing.TB, names ...string) {
 		}
 		skipOrFail(t, "test needs %s, which is not in PATH: run `make deps` as root", name)
 	}
+}
+
+// ProjectKernel is umlsd's own guest kernel as `make kernel` builds it,
+// build/kernel/linux in the repository. `make test` builds it first;
+// without it the test skips, or fails in CI (CI=true).
+func ProjectKernel(t testing.TB) string {
+	t.Helper()
+	repo, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(repo, "build", "kernel", "linux")
+	if _, err := os.Stat(path); err != nil {
+		skipOrFail(t, "test needs umlsd's kernel, %s: run `make kernel`", path)
+	}
+	return path
 }
