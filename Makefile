@@ -1,6 +1,7 @@
 # umlsd — build, install and test.
 #
-#   make                 build binaries into bin/, units and man pages into build/
+#   make                 build binaries into bin/, units, man pages and the guest kernel into build/
+#   make kernel          build umlsd's guest kernel into build/kernel/ (kernel/README.md)
 #   make install         install (honours DESTDIR and PREFIX)
 #   make demo            boot a demo guest in a throwaway systemd machine (root)
 #   make test            every test tier (unit, privileged, end-to-end)
@@ -28,8 +29,19 @@ FUZZTIME ?= 200000x
 # as the reference client and COW tools the tests compare against; iproute2,
 # iptables (with ebtables) for the guests' taps and firewalls; dnsmasq-base
 # for the DNS guest and dig to query it).
+# umlsd's guest kernel is built from Debian's kernel source with Debian's
+# compiler and tools.
+KERNEL_PACKAGES := linux-source-6.1 gcc make bc bison flex xz-utils patch
 DEB_PACKAGES := pkg-config systemd systemd-container user-mode-linux uml-utilities busybox-static e2fsprogs \
-	iproute2 iptables dnsmasq-base bind9-dnsutils
+	iproute2 iptables dnsmasq-base bind9-dnsutils $(KERNEL_PACKAGES)
+
+# The guest kernel: what it is built from, and where it is installed, which
+# is the default Kernel= of the programs. KERNEL_FRAGMENTS are further
+# configuration fragments, applied after kernel/umlsd.config.
+KERNEL_SOURCE    := /usr/src/linux-source-6.1.tar.xz
+KERNEL_FRAGMENTS ?=
+KERNELDIR        := $(LIBEXECDIR)/umlsd
+KERNEL           := $(KERNELDIR)/linux
 
 COMMANDS := uml-generator uml-supervisor umlctl
 UNITS    := uml@.service uml.target
@@ -43,11 +55,12 @@ FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
 all: build
 
 build: $(addprefix bin/,$(COMMANDS)) $(addprefix build/units/,$(UNITS)) $(addprefix build/man/,$(MANPAGES)) \
-	$(addprefix build/completion/umlctl.,$(COMPLETIONS))
+	$(addprefix build/completion/umlctl.,$(COMPLETIONS)) kernel
 
 # The generator links guests to the template where make install puts it;
-# umlctl check --units prints the same links.
-LDFLAGS := -X main.templatePath=$(SYSTEMD_UNITDIR)/uml@.service
+# umlctl check --units prints the same links. Every program defaults
+# Kernel= to the kernel make install puts beside the supervisor.
+LDFLAGS := -X main.templatePath=$(SYSTEMD_UNITDIR)/uml@.service -X main.kernelPath=$(KERNEL)
 
 # Real prerequisites, so that "sudo make install" after "make" only copies
 # (root's PATH may have no Go).
@@ -66,6 +79,18 @@ build/units/%: units/% Makefile build/dirs
 	@mkdir -p $(@D)
 	sed -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' -e 's|@BINDIR@|$(BINDIR)|g' $< >$@
 
+# Rebuilt when its source package, patches, fragments or build script
+# change; kernel/build itself rebuilds only what a change touches.
+kernel: build/kernel/linux
+build/kernel/linux: kernel/build kernel/umlsd.config $(wildcard kernel/patches/*.patch) \
+		$(wildcard $(KERNEL_SOURCE)) $(KERNEL_FRAGMENTS) build/kernel/fragments
+	kernel/build build/kernel $(KERNEL_FRAGMENTS)
+	@touch $@
+
+build/kernel/fragments: FORCE
+	@mkdir -p $(@D)
+	@echo '$(KERNEL_FRAGMENTS)' | cmp -s - $@ || echo '$(KERNEL_FRAGMENTS)' >$@
+
 # The scripts ask umlctl for the guests' names as the user types.
 build/completion/umlctl.%: bin/umlctl
 	@mkdir -p $(@D)
@@ -80,6 +105,9 @@ install: build
 	install -D -m 0755 bin/uml-generator $(DESTDIR)$(SYSTEMD_GENERATORDIR)/uml-generator
 	install -D -m 0644 -t $(DESTDIR)$(SYSTEMD_UNITDIR) $(addprefix build/units/,$(UNITS))
 	install -D -m 0755 bin/uml-supervisor $(DESTDIR)$(LIBEXECDIR)/umlsd/uml-supervisor
+	install -D -m 0755 build/kernel/linux $(DESTDIR)$(KERNEL)
+	install -D -m 0644 build/kernel/linux.config $(DESTDIR)$(KERNEL).config
+	install -D -m 0644 build/kernel/linux.version $(DESTDIR)$(KERNEL).version
 	install -D -m 0644 build/man/uml.conf.5 $(DESTDIR)$(MANDIR)/man5/uml.conf.5
 	install -D -m 0644 build/man/uml-supervisor.8 $(DESTDIR)$(MANDIR)/man8/uml-supervisor.8
 	install -D -m 0755 bin/umlctl $(DESTDIR)$(BINDIR)/umlctl
@@ -93,6 +121,7 @@ uninstall:
 	rm -f $(DESTDIR)$(SYSTEMD_GENERATORDIR)/uml-generator
 	rm -f $(addprefix $(DESTDIR)$(SYSTEMD_UNITDIR)/,$(UNITS))
 	rm -f $(DESTDIR)$(LIBEXECDIR)/umlsd/uml-supervisor
+	rm -f $(DESTDIR)$(KERNEL) $(DESTDIR)$(KERNEL).config $(DESTDIR)$(KERNEL).version
 	rm -f $(DESTDIR)$(MANDIR)/man5/uml.conf.5 $(DESTDIR)$(MANDIR)/man8/uml-supervisor.8
 	rm -f $(DESTDIR)$(BINDIR)/umlctl $(DESTDIR)$(MANDIR)/man1/umlctl.1
 	rm -f $(DESTDIR)$(BASHCOMPDIR)/umlctl $(DESTDIR)$(ZSHCOMPDIR)/_umlctl $(DESTDIR)$(FISHCOMPDIR)/umlctl.fish
@@ -125,14 +154,19 @@ test: test-deps build lint
 demo: deps build
 	$(GO) test -tags demo -count=1 -v -run '^TestDemo$$' ./demo
 
-bench:
+bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./cmd/uml-generator
+	$(GO) test -run '^$$' -bench . -benchtime 10x ./kernel
 	$(GO) test -run '^$$' -bench Supervisor -benchtime 5x ./e2e
 	$(GO) test -run '^$$' -bench NetworkPrep -benchtime 20x ./netprep
 	$(GO) test -run '^$$' -bench Merge -benchtime 5x ./cow
+	@# make kernel from nothing, in a directory of its own.
+	@d=$$(mktemp -d) && t0=$$(date +%s.%N) && kernel/build $$d/kernel >$$d/log 2>&1 && \
+		echo "make kernel, cold: $$(echo "$$(date +%s.%N) - $$t0" | bc) s wall on $$(nproc) CPUs"; \
+		s=$$?; rm -rf $$d; exit $$s
 
 clean:
 	rm -rf bin build
 
 FORCE:
-.PHONY: all build install uninstall deps test-deps lint test demo bench clean FORCE
+.PHONY: all build kernel install uninstall deps test-deps lint test demo bench clean FORCE

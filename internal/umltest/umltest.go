@@ -18,16 +18,42 @@ import (
 )
 
 // Buffer collects output written from several goroutines, such as the
-// console output that os/exec's copier writes.
+// console output that os/exec's copier writes, and when each part came.
 type Buffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	writes []write
+}
+
+// write is when the output up to end arrived.
+type write struct {
+	end int
+	at  time.Time
 }
 
 func (b *Buffer) Write(p []byte) (int, error) {
+	now := time.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.buf.Write(p)
+	n, err := b.buf.Write(p)
+	b.writes = append(b.writes, write{b.buf.Len(), now})
+	return n, err
+}
+
+// Arrived says when the first occurrence of s was complete, if it came.
+func (b *Buffer) Arrived(s string) (time.Time, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	i := strings.Index(b.buf.String(), s)
+	if i < 0 {
+		return time.Time{}, false
+	}
+	for _, w := range b.writes {
+		if w.end >= i+len(s) {
+			return w.at, true
+		}
+	}
+	return time.Time{}, false
 }
 
 // String returns what has been written so far.
@@ -84,6 +110,9 @@ func Start(t testing.TB, cmd *exec.Cmd) *Kernel {
 	})
 	return k
 }
+
+// Pid is the kernel's process id, which is also its process group's.
+func (k *Kernel) Pid() int { return k.cmd.Process.Pid }
 
 // Done returns a channel that is closed when the kernel has exited.
 func (k *Kernel) Done() <-chan struct{} { return k.done }
