@@ -18,7 +18,10 @@ import (
 
 // Defaults and limits of the format.
 const (
-	DefaultKernel       = "/usr/bin/linux.uml"
+	// DefaultKernel is umlsd's own kernel where `make install` puts it
+	// with its default PREFIX; the programs are told at link time where
+	// it was installed (Loader.Kernel).
+	DefaultKernel       = "/usr/local/libexec/umlsd/linux"
 	DefaultMemory       = 128 << 20
 	MinMemory           = 16 << 20
 	DefaultReadyTimeout = 90 * time.Second
@@ -41,7 +44,9 @@ type Guest struct {
 
 	Description string
 	Kernel      string
-	RootImage   string
+	// KernelIsDefault: Kernel= was not written; Kernel is the default.
+	KernelIsDefault bool
+	RootImage       string
 	// Cow is the copy-on-write file, or "" for Cow=no (RootImage is then
 	// written to directly).
 	Cow             string

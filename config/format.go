@@ -6,13 +6,16 @@ import (
 )
 
 // Format writes g as one configuration file that parses back to the same
-// guest, with every default written out.
+// guest, with every default written out but the kernel and the account,
+// which depend on the host.
 func Format(g *Guest) []byte {
 	var b bytes.Buffer
 	kv := func(k, v string) { fmt.Fprintf(&b, "%s=%s\n", k, v) }
 	b.WriteString("[Guest]\n")
 	kv("Description", g.Description)
-	kv("Kernel", g.Kernel)
+	if !g.KernelIsDefault {
+		kv("Kernel", g.Kernel)
+	}
 	kv("RootImage", g.RootImage)
 	if g.Cow == "" {
 		kv("Cow", "no")

@@ -60,19 +60,20 @@ func errText(err error) string {
 // defaultGuest is what withGuest() parses to for a guest called name.
 func defaultGuest(name string) *Guest {
 	return &Guest{
-		Name:          name,
-		Path:          name + ".conf",
-		Description:   "User-Mode Linux guest " + name,
-		Kernel:        "/usr/bin/linux.uml",
-		RootImage:     rootImage,
-		Cow:           "/var/lib/uml/" + name + "/root.cow",
-		Memory:        128 << 20,
-		User:          "uml-" + name,
-		UserIsDefault: true,
-		Chroot:        true,
-		Ready:         Ready{Kind: ReadyKernel},
-		ReadyTimeout:  Timespan{D: 90 * time.Second},
-		StopTimeout:   Timespan{D: 30 * time.Second},
+		Name:            name,
+		Path:            name + ".conf",
+		Description:     "User-Mode Linux guest " + name,
+		Kernel:          DefaultKernel,
+		KernelIsDefault: true,
+		RootImage:       rootImage,
+		Cow:             "/var/lib/uml/" + name + "/root.cow",
+		Memory:          128 << 20,
+		User:            "uml-" + name,
+		UserIsDefault:   true,
+		Chroot:          true,
+		Ready:           Ready{Kind: ReadyKernel},
+		ReadyTimeout:    Timespan{D: 90 * time.Second},
+		StopTimeout:     Timespan{D: 30 * time.Second},
 	}
 }
 

@@ -24,6 +24,9 @@ type Loader struct {
 	// hold them: root (the zero value) on a real host, because these files
 	// decide what root executes.
 	Owner uint32
+	// Kernel is the default of Kernel=, where the installed umlsd's own
+	// kernel is; "" means DefaultKernel.
+	Kernel string
 }
 
 // Set is everything found in the configuration directory.
@@ -156,7 +159,11 @@ func (l Loader) load(name string, isLink, hasDropIns bool) (*Guest, error) {
 		}
 		srcs = append(srcs, dropIns...)
 	}
-	return Parse(name, srcs...)
+	g, err := Parse(name, srcs...)
+	if err == nil && g.KernelIsDefault && l.Kernel != "" {
+		g.Kernel = l.Kernel
+	}
+	return g, err
 }
 
 func (l Loader) readDropIns(dir string) ([]Source, error) {

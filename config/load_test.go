@@ -123,6 +123,25 @@ func TestLoad(t *testing.T) {
 	}
 }
 
+// TestLoadDefaultKernel: the installed kernel is the default, and a
+// Kernel= that is written stays.
+func TestLoadDefaultKernel(t *testing.T) {
+	c := newConfDir(t)
+	c.write("dns.conf", withGuest())
+	c.write("web.conf", withGuest("Kernel=/usr/bin/linux.uml"))
+	l := c.loader()
+	l.Kernel = "/usr/libexec/umlsd/linux"
+	for name, want := range map[string]string{"dns": l.Kernel, "web": "/usr/bin/linux.uml"} {
+		g, err := l.Load(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g.Kernel != want || g.KernelIsDefault != (name == "dns") {
+			t.Errorf("%s: Kernel=%s (default: %v), want %s", name, g.Kernel, g.KernelIsDefault, want)
+		}
+	}
+}
+
 func mapStrings(ss []string, f func(string) string) []string {
 	var out []string
 	for _, s := range ss {

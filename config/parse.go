@@ -74,6 +74,8 @@ var refusedKeys = map[string][]refusal{
 			"uml@.service sets what uml-supervisor tolerates; stricter settings keep it from creating the guest's account in /etc and from reaching the images"},
 		{[]string{"MemoryDenyWriteExecute", "SystemCallFilter"},
 			"the UML kernel needs writable executable memory and ptrace and would not boot"},
+		{[]string{"LockPersonality", "Personality"},
+			"uml-supervisor runs the kernel without address randomisation, so that the guest gets all its memory, and locks that personality itself"},
 		{[]string{"TimeoutSec", "TimeoutStartSec", "TimeoutStopSec"},
 			"the generator derives it from ReadyTimeout= and StopTimeout= in [Guest]; set those instead"},
 	},
@@ -357,7 +359,8 @@ func (d *decoder) guest(g *Guest) {
 	g.Description = "User-Mode Linux guest " + g.Name
 	str(d, s, "Description", &g.Description, func(v string) (string, error) { return v, nil })
 	g.Kernel = DefaultKernel
-	str(d, s, "Kernel", &g.Kernel, func(v string) (string, error) { return ParsePath(v, false) })
+	_, set := str(d, s, "Kernel", &g.Kernel, func(v string) (string, error) { return ParsePath(v, false) })
+	g.KernelIsDefault = !set
 	str(d, s, "RootImage", &g.RootImage, func(v string) (string, error) { return ParsePath(v, true) })
 	if _, set := d.single(s, "RootImage"); !set {
 		d.errs.add(d.missingPos(s, g.Path), "RootImage= is missing in [Guest]; set it to the guest's root filesystem image")

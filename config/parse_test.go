@@ -20,8 +20,8 @@ func TestParseKeys(t *testing.T) {
 		{"Description", withGuest("Description=DNS bastion, the one"), func(g *Guest) {
 			g.Description = "DNS bastion, the one"
 		}},
-		{"Kernel", withGuest("Kernel=/opt/uml//linux-6.1/"), func(g *Guest) { g.Kernel = "/opt/uml/linux-6.1" }},
-		{"Kernel may contain a comma", withGuest("Kernel=/opt/uml,1/linux"), func(g *Guest) { g.Kernel = "/opt/uml,1/linux" }},
+		{"Kernel", withGuest("Kernel=/opt/uml//linux-6.1/"), func(g *Guest) { g.Kernel, g.KernelIsDefault = "/opt/uml/linux-6.1", false }},
+		{"Kernel may contain a comma", withGuest("Kernel=/opt/uml,1/linux"), func(g *Guest) { g.Kernel, g.KernelIsDefault = "/opt/uml,1/linux", false }},
 		{"RootImage last wins and is cleaned", withGuest("RootImage=/srv/uml/../img/dns.img"), func(g *Guest) {
 			g.RootImage = "/srv/img/dns.img"
 		}},
@@ -494,6 +494,8 @@ func TestParseRefusedPassThrough(t *testing.T) {
 		{"Service", []string{"ProtectSystem", "ProtectHome"},
 			"uml@.service sets what uml-supervisor tolerates; stricter settings keep it from creating the guest's account in /etc and from reaching the images"},
 		{"Service", []string{"MemoryDenyWriteExecute", "SystemCallFilter"}, kernel},
+		{"Service", []string{"LockPersonality", "Personality"},
+			"uml-supervisor runs the kernel without address randomisation, so that the guest gets all its memory, and locks that personality itself"},
 		{"Service", []string{"TimeoutSec", "TimeoutStartSec", "TimeoutStopSec"}, timeouts},
 	} {
 		for _, key := range tc.keys {
@@ -736,7 +738,6 @@ func TestFormat(t *testing.T) {
 	want := lines(
 		"[Guest]",
 		"Description=User-Mode Linux guest dns",
-		"Kernel=/usr/bin/linux.uml",
 		"RootImage=/srv/dns.img",
 		"Cow=no",
 		"Disk=/srv/data.img",
@@ -781,13 +782,12 @@ func TestFormat(t *testing.T) {
 	}
 	checkFormatRoundTrip(t, g)
 
-	// Defaults are written out; the default user is not, so that it stays
-	// the default.
+	// Defaults are written out; the default kernel and user are not, so
+	// that they stay the defaults.
 	g = mustParse(t, "dns", withGuest())
 	want = lines(
 		"[Guest]",
 		"Description=User-Mode Linux guest dns",
-		"Kernel=/usr/bin/linux.uml",
 		"RootImage=/srv/uml/root.img",
 		"Cow=/var/lib/uml/dns/root.cow",
 		"Memory=128M",

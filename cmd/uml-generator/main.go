@@ -24,6 +24,10 @@ import (
 // it at link time from pkg-config.
 var templatePath = generator.DefaultTemplate
 
+// kernelPath is where make install puts umlsd's kernel, the default of
+// Kernel= (RequiresMountsFor=); the Makefile sets it at link time.
+var kernelPath = config.DefaultKernel
+
 const tag = "uml-generator"
 
 var errUsage = errors.New("usage: uml-generator [--dry-run] NORMAL [EARLY LATE]")
@@ -66,7 +70,7 @@ func run(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		dir = d
 	}
 	gen := generator.Generator{
-		Loader: config.Loader{Dir: dir},
+		Loader: config.Loader{Dir: dir, Kernel: kernelPath},
 		Options: generator.Options{
 			Template:    templatePath,
 			InContainer: strings.HasPrefix(os.Getenv("SYSTEMD_VIRTUALIZATION"), "container:"),

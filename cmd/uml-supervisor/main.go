@@ -27,6 +27,10 @@ import (
 
 const usage = "usage: uml-supervisor run|cleanup NAME"
 
+// kernelPath is where make install puts umlsd's kernel, the default of
+// Kernel=; the Makefile sets it at link time.
+var kernelPath = config.DefaultKernel
+
 func main() {
 	if len(os.Args) == 2 && os.Args[1] == supervisor.ExecKernelCommand {
 		// The exec stage: it returns only if it failed, and has told why.
@@ -50,7 +54,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	name := args[1]
 	s := &supervisor.Supervisor{
-		Loader:     config.Loader{Dir: envOr("UMLSD_CONFIG_DIR", config.DefaultDir)},
+		Loader:     config.Loader{Dir: envOr("UMLSD_CONFIG_DIR", config.DefaultDir), Kernel: kernelPath},
 		RuntimeDir: envOr("UMLSD_RUNTIME_DIR", supervisor.RuntimeDir),
 		Self:       "/proc/self/exe",
 		Log:        &supervisor.TextLog{Events: stderr, Output: os.Stdout},
