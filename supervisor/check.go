@@ -22,6 +22,8 @@ const (
 	Note Severity = "note"
 	// Skipped: a check that could not be made, and why.
 	Skipped Severity = "skipped"
+	// Info: what the start will use, such as the kernel's release.
+	Info Severity = "info"
 )
 
 // Finding is one thing Check found, as one sentence that says what to do.

@@ -62,6 +62,7 @@ func testChecker(t *testing.T, db *fakeAccounts) *Checker {
 
 func TestCheck(t *testing.T) {
 	dir, image := images(t)
+	fakeKernelFile(t, dir)
 	secret := filepath.Join(dir, "secret.img")
 	if err := os.WriteFile(secret, nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -100,7 +101,8 @@ func TestCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	const (
-		base   = "[Guest]\nKernel=/usr/bin/true\nRootImage=IMAGE\nCow=DIR/new.cow\nUser=uml-ok\n"
+		base   = "[Guest]\nKernel=DIR/linux\nRootImage=IMAGE\nCow=DIR/new.cow\nUser=uml-ok\n"
+		boots  = "info: the guest boots Linux 6.1.0-test (Kernel=DIR/linux)"
 		newCow = "note: the COW file DIR/new.cow does not exist yet; the guest's first start creates it on RootImage=IMAGE"
 		bridge = "[Network]\nBridge=umlsd-nobr\nAddress=10.0.0.2\n"
 		noBr   = "problem: /etc/uml/g.conf: Bridge=umlsd-nobr: the bridge umlsd-nobr does not exist; create it, for example with systemd-networkd, or fix Bridge= (see uml.conf(5))"
@@ -110,37 +112,43 @@ func TestCheck(t *testing.T) {
 		checker    func(*Checker)
 		want       []string // severity: message
 	}{
-		{"ready", base, nil, []string{newCow}},
-		{"existing cow", base + "Cow=" + good + "\n", nil, nil},
+		{"ready", base, nil, []string{boots, newCow}},
+		{"existing cow", base + "Cow=" + good + "\n", nil, []string{boots}},
 		{"default account not created yet", base + "User=\n", nil, []string{
 			"note: the guest's account uml-g does not exist yet; the guest's first start creates it, as a system user without a login",
+			boots,
 			newCow,
 		}},
 		{"default account not created yet cannot read", base + "User=\nRootImage=" + secret + "\n", nil, []string{
 			"note: the guest's account uml-g does not exist yet; the guest's first start creates it, as a system user without a login",
+			boots,
 			"problem: RootImage=DIR/secret.img: user uml-g (not created yet, so only the permissions for others apply) may not read it; change its owner, group or mode (the kernel runs as that user)",
 			"note: the COW file DIR/new.cow does not exist yet; the guest's first start creates it on RootImage=DIR/secret.img",
 		}},
 		{"every problem, not just the first", base + "Kernel=/nonexistent/linux\nRootImage=DIR/missing.img\nDisk=" + other + "\nCow=" + foreign + "\n", nil, []string{
-			"problem: Kernel=/nonexistent/linux is not a program file; install user-mode-linux or fix Kernel=",
+			"problem: Kernel=/nonexistent/linux is not a program file; install that kernel, or fix Kernel=",
 			"problem: RootImage=DIR/missing.img: no such file or directory",
 			"problem: Disk=DIR/other.img: user uml-ok (uid 2000, gid 2000) may not read and write it; change its owner, group or mode (the kernel runs as that user)",
 			"problem: COW file DIR/foreign.cow was made for backing file DIR/other.img, not RootImage=DIR/missing.img; set RootImage= to that file, or move the COW file away to start afresh",
 		}},
 		{"unknown user: the files are still checked", base + "User=nobody-here\nRootImage=" + secret + "\nCow=" + stale + "\n", nil, []string{
 			"problem: there is no user nobody-here (User=); create it (useradd --system nobody-here) or remove User= to use the default account",
+			boots,
 			"problem: COW file DIR/stale.cow was made for backing file DIR/changed.img, not RootImage=DIR/secret.img; set RootImage= to that file, or move the COW file away to start afresh",
 		}},
 		{"stale cow", base + "RootImage=" + changed + "\nCow=" + stale + "\n", nil, []string{
+			boots,
 			"problem: backing file DIR/changed.img changed since the COW file was made: it was modified at 2023-11-14 23:13:20 UTC (1700003600), the COW header says 2023-11-14 22:13:20 UTC (1700000000); the kernel refuses such a COW file and panics at boot; if its contents did not change (it was only touched), touch -d @1700000000 DIR/changed.img restores the mtime; otherwise restore the backing file the COW file was made from, or recreate the COW file, which discards the guest's changes",
 		}},
 		{"uid of another guest's default account", base + "User=2005\nGroup=guests\n", nil, []string{
 			"problem: the guest's account 2005 (uid 2005) is also the account of guest dns (/etc/uml/dns.conf); give each guest its own account, or name the shared one with User= in both",
+			boots,
 			newCow,
 		}},
 		{"missing bridge, unresolvable host", base + bridge + "[Firewall]\nConnectOut=udp/514@logserver tcp/25@mailhost\n", nil, []string{
 			noBr,
 			"problem: /etc/uml/g.conf: the rule tcp/25@mailhost names the host mailhost, which does not resolve (no such host); fix the name or the host's resolver (/etc/hosts), or write an address",
+			boots,
 			newCow,
 		}},
 		{"br_netfilter not loaded", base + bridge, func(c *Checker) {
@@ -149,16 +157,19 @@ func TestCheck(t *testing.T) {
 		}, []string{
 			noBr,
 			"note: the kernel module br_netfilter, which the guest's firewall needs, is not loaded; the guest's start loads it (to load it at boot: echo br_netfilter >/etc/modules-load.d/br_netfilter.conf)",
+			boots,
 			newCow,
 		}},
 		{"br_netfilter missing", base + bridge, func(c *Checker) { c.procSys = procSys(t) }, []string{
 			noBr,
 			"problem: the kernel module br_netfilter, which the guest's firewall needs, is not loaded, and sh -c echo 'modprobe: FATAL: Module br_netfilter not found' >&2; exit 1 modprobe --dry-run br_netfilter failed (exit status 1: modprobe: FATAL: Module br_netfilter not found); install the kernel's modules, or use a kernel with CONFIG_BRIDGE_NETFILTER",
+			boots,
 			newCow,
 		}},
 		{"bridge filter off", base + bridge, func(c *Checker) { c.procSys = procSys(t, "0", "1") }, []string{
 			noBr,
 			"note: net.bridge.bridge-nf-call-iptables is not 1, as the guest's firewall needs; the guest's start sets it (to set it at boot: echo net.bridge.bridge-nf-call-iptables=1 >/etc/sysctl.d/50-umlsd.conf)",
+			boots,
 			newCow,
 		}},
 	}
@@ -184,6 +195,22 @@ func TestCheck(t *testing.T) {
 			}
 		})
 	}
+}
+
+// fakeKernelFile makes dir/linux, a program that says it is a User-Mode Linux
+// kernel: /usr/bin/true with a kernel's banner and build configuration.
+func fakeKernelFile(t *testing.T, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile("/usr/bin/true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = append(b, "\x00Linux version 6.1.0-test (test@test) #1\n\x00#\n\x00# Automatically generated file; DO NOT EDIT.\n\x00# Linux/um 6.1.0 Kernel Configuration\n\x00CONFIG_UML=y\n\x00"...)
+	path := filepath.Join(dir, "linux")
+	if err := os.WriteFile(path, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // findingLines are findings as "severity: message", with the test's
@@ -220,17 +247,20 @@ func TestCheckInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid := holdLock(t, cowFile)
-	conf := "[Guest]\nKernel=/usr/bin/true\nRootImage=" + image + "\nCow=" + cowFile + "\nUser=uml-ok\n"
+	kernel := fakeKernelFile(t, dir)
+	conf := "[Guest]\nKernel=" + kernel + "\nRootImage=" + image + "\nCow=" + cowFile + "\nUser=uml-ok\n"
 	inUse := "problem: COW file DIR/g.cow is in use by process PID"
+	const boots = "info: the guest boots Linux 6.1.0-test (Kernel=DIR/linux)"
 	for _, tt := range []struct {
 		name, conf, unit string
 		want             []string
 	}{
-		{"by the guest's own kernel", conf, "uml@g.service", []string{"note: COW file DIR/g.cow is in use by the guest's own kernel (process PID): uml@g.service is running"}},
-		{"by another guest", conf, "uml@web.service", []string{inUse + " of uml@web.service; stop it first"}},
-		{"by another process", conf, "", []string{inUse + " (another UML kernel?); stop it first"}},
+		{"by the guest's own kernel", conf, "uml@g.service", []string{boots, "note: COW file DIR/g.cow is in use by the guest's own kernel (process PID): uml@g.service is running"}},
+		{"by another guest", conf, "uml@web.service", []string{boots, inUse + " of uml@web.service; stop it first"}},
+		{"by another process", conf, "", []string{boots, inUse + " (another UML kernel?); stop it first"}},
 		// A write lock on a backing file conflicts with reading it.
-		{"the root image", "[Guest]\nKernel=/usr/bin/true\nRootImage=" + cowFile + "\nCow=" + dir + "/new.cow\nUser=uml-ok\n", "uml@web.service", []string{
+		{"the root image", "[Guest]\nKernel=" + kernel + "\nRootImage=" + cowFile + "\nCow=" + dir + "/new.cow\nUser=uml-ok\n", "uml@web.service", []string{
+			boots,
 			"problem: RootImage=DIR/g.cow is in use by process PID of uml@web.service; stop it first",
 			"note: the COW file DIR/new.cow does not exist yet; the guest's first start creates it on RootImage=DIR/g.cow",
 		}},
@@ -296,15 +326,17 @@ func TestCheckBridge(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir, image := images(t)
+	kernel := fakeKernelFile(t, dir)
+	const boots = "info: the guest boots Linux 6.1.0-test (Kernel=DIR/linux)"
 	for _, tt := range []struct {
 		bridge string
 		want   []string
 	}{
-		{"br0", nil},
-		{"lo", []string{"problem: /etc/uml/g.conf: Bridge=lo: lo is not a bridge but a plain network interface; name a bridge in Bridge= (see uml.conf(5))"}},
-		{"br1", []string{"problem: /etc/uml/g.conf: Bridge=br1: the bridge br1 does not exist; create it, for example with systemd-networkd, or fix Bridge= (see uml.conf(5))"}},
+		{"br0", []string{boots}},
+		{"lo", []string{"problem: /etc/uml/g.conf: Bridge=lo: lo is not a bridge but a plain network interface; name a bridge in Bridge= (see uml.conf(5))", boots}},
+		{"br1", []string{"problem: /etc/uml/g.conf: Bridge=br1: the bridge br1 does not exist; create it, for example with systemd-networkd, or fix Bridge= (see uml.conf(5))", boots}},
 	} {
-		conf := "[Guest]\nKernel=/usr/bin/true\nRootImage=" + image + "\nCow=no\nUser=uml-ok\n[Network]\nAddress=10.0.0.2\nBridge=" + tt.bridge + "\n"
+		conf := "[Guest]\nKernel=" + kernel + "\nRootImage=" + image + "\nCow=no\nUser=uml-ok\n[Network]\nAddress=10.0.0.2\nBridge=" + tt.bridge + "\n"
 		if err := os.Chmod(image, 0o666); err != nil {
 			t.Fatal(err)
 		}
@@ -355,15 +387,16 @@ func TestCheckNotRoot(t *testing.T) {
 	if err := os.Chmod(private, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	g := parseGuest(t, "g", "[Guest]\nKernel=/usr/bin/true\nRootImage="+image+"\nCow="+private+"\nUser=uml-ok\n")
+	g := parseGuest(t, "g", "[Guest]\nKernel="+fakeKernelFile(t, dir)+"\nRootImage="+image+"\nCow="+private+"\nUser=uml-ok\n")
+	const boots = "info: the guest boots Linux 6.1.0-test (Kernel=DIR/linux)"
 	withoutDACOverride(t)
 	for _, tt := range []struct {
 		root bool
 		want []string
 	}{
-		{false, []string{"skipped: Cow=DIR/private.cow: permission denied; not checked further, because umlctl check does not run as root"}},
+		{false, []string{boots, "skipped: Cow=DIR/private.cow: permission denied; not checked further, because umlctl check does not run as root"}},
 		// Root that may not read a file has a problem.
-		{true, []string{"problem: Cow=DIR/private.cow: permission denied"}},
+		{true, []string{boots, "problem: Cow=DIR/private.cow: permission denied"}},
 	} {
 		c := testChecker(t, newFakeAccounts())
 		c.root = tt.root

@@ -34,7 +34,7 @@ func KernelCommandLine(g *config.Guest, l Layout) []string {
 	if n := g.Network; n != nil {
 		// The tap, opened by the supervisor (uml-facts.md, "Network"):
 		// vec=0 because a tap descriptor does not support recvmmsg.
-		argv = append(argv, "vec0:transport=fd,fd="+strconv.Itoa(stageExtraFD)+",vec=0,mac="+n.MAC.String())
+		argv = append(argv, "vec0:transport=fd,fd="+strconv.Itoa(kernelTapFD)+",vec=0,mac="+n.MAC.String())
 	}
 	// The first console reads fd 0 and writes fd 1, a terminal whose other
 	// side the supervisor holds. Every other line is null: by default UML

@@ -17,11 +17,22 @@ import (
 	"umlsd/internal/printable"
 	"umlsd/jail"
 	"umlsd/netprep"
+	"umlsd/umlkernel"
 )
 
 // Memory the guest's memory tmpfs has beyond the guest's RAM: UML maps a
 // little more than mem= (uml-facts.md, "Memory").
 const memorySlack = 32 << 20
+
+// kernelPersonality is the personality every guest kernel runs with: no
+// address space layout randomisation. UML counts the distance between its
+// binary's end and its randomised heap (up to 1 GiB away) as physical
+// memory, and the page structures for that gap, up to 16 MiB, come out of
+// the guest's RAM: a guest got anything from a third to all of what it
+// asked for, and small guests failed to boot (uml-facts.md, "Memory").
+// The kernel's binary is at a fixed address anyway; the guest's own
+// processes are laid out by the guest kernel, randomised as before.
+const kernelPersonality = jail.AddrNoRandomize
 
 // runtimeSize is the size of the tmpfs the kernel sees at its runtime
 // directory: its umid directory, pid file and management console socket.
@@ -30,15 +41,18 @@ const runtimeSize = 1 << 20
 // plan is everything a start needs, found by preflight before anything on
 // the host is changed.
 type plan struct {
-	guest    *config.Guest
-	account  Account
-	layout   Layout
-	argv     []string
-	env      []string
-	jail     jail.Spec
-	makeCow  bool   // the COW file does not exist yet
-	stateDir string // the default COW file's directory, to create if missing
-	rules    netprep.RuleSet
+	guest   *config.Guest
+	account Account
+	layout  Layout
+	argv    []string
+	env     []string
+	jail    jail.Spec
+	// personality is the kernel's, locked (kernelPersonality).
+	personality uint32
+	release     string // the kernel's (umlkernel.Info.Release)
+	makeCow     bool   // the COW file does not exist yet
+	stateDir    string // the default COW file's directory, to create if missing
+	rules       netprep.RuleSet
 }
 
 // configError is a problem with the configuration or the host that a
@@ -68,7 +82,8 @@ func preflight(ctx context.Context, db accounts, g *config.Guest, others []*conf
 			return nil, err
 		}
 	}
-	p := &plan{guest: g, account: in.acct, layout: l, argv: KernelCommandLine(g, l), rules: in.rules, makeCow: in.makeCow}
+	p := &plan{guest: g, account: in.acct, layout: l, argv: KernelCommandLine(g, l), personality: kernelPersonality,
+		release: in.release, rules: in.rules, makeCow: in.makeCow}
 	p.env = []string{"TMPDIR=" + l.Memory()}
 	if dir := filepath.Dir(g.Cow); g.Cow != "" && dir == filepath.Join(config.StateDir, g.Name) {
 		p.stateDir = dir
@@ -119,6 +134,7 @@ type inspection struct {
 	acctOK   bool // acct is known: the permission checks need it
 	rules    netprep.RuleSet
 	files    []string // the kernel's program files
+	release  string   // the kernel's release
 	makeCow  bool     // the COW file does not exist yet
 	findings []Finding
 }
@@ -169,8 +185,11 @@ func (in *inspection) checkKernel(context.Context) error {
 	if errors.Is(err, fs.ErrPermission) {
 		return hostErrorf("Kernel=%s: %w", g.Kernel, unwrapPath(err))
 	}
+	if (err != nil || !fi.Mode().IsRegular()) && g.KernelIsDefault {
+		return hostErrorf("Kernel=%s, umlsd's own kernel and the default, is not a program file; install umlsd again, or set Kernel= (to /usr/bin/linux.uml for Debian's)", g.Kernel)
+	}
 	if err != nil || !fi.Mode().IsRegular() {
-		return hostErrorf("Kernel=%s is not a program file; install user-mode-linux or fix Kernel=", g.Kernel)
+		return hostErrorf("Kernel=%s is not a program file; install that kernel, or fix Kernel=", g.Kernel)
 	}
 	if err := in.access(g.Kernel, unix.X_OK|unix.R_OK); err != nil {
 		return hostErrorf("Kernel=%s: %w", g.Kernel, err)
@@ -178,6 +197,12 @@ func (in *inspection) checkKernel(context.Context) error {
 	if in.files, err = jail.ProgramFiles(g.Kernel); err != nil {
 		return hostErrorf("Kernel=%s cannot be run: %w", g.Kernel, err)
 	}
+	k, err := umlkernel.Inspect(g.Kernel)
+	if err != nil {
+		return hostErrorf("Kernel=%s: %w; set Kernel= to a User-Mode Linux kernel", g.Kernel, unwrapPath(err))
+	}
+	in.release = k.Release
+	in.findings = append(in.findings, Finding{Severity: Info, Message: fmt.Sprintf("the guest boots Linux %s (Kernel=%s)", k.Release, g.Kernel)})
 	return nil
 }
 

@@ -15,7 +15,6 @@ import (
 	"umlsd/config"
 	"umlsd/cow"
 	"umlsd/internal/golden"
-	"umlsd/internal/testbed"
 )
 
 // fakeAccounts is an account database in memory.
@@ -74,8 +73,8 @@ func images(t *testing.T) (dir, image string) {
 }
 
 func TestPreflightRefuses(t *testing.T) {
-	testbed.RequireCommands(t, "linux.uml")
 	dir, image := images(t)
+	kernel := fakeKernelFile(t, dir)
 	private := filepath.Join(dir, "private")
 	if err := os.Mkdir(private, 0o700); err != nil {
 		t.Fatal(err)
@@ -123,6 +122,7 @@ func TestPreflightRefuses(t *testing.T) {
 		{"uid without group", "[Guest]\nUser=4242\n", "set Group= as well"},
 		{"missing kernel", "[Guest]\nKernel=/nonexistent/linux\n", "Kernel=/nonexistent/linux is not a program file"},
 		{"kernel not ELF", "[Guest]\nKernel=" + script + "\n", "Kernel=" + script + " cannot be run"},
+		{"kernel not UML", "[Guest]\nKernel=/usr/bin/true\n", "Kernel=/usr/bin/true: it has no Linux version banner: it is not a Linux kernel; set Kernel= to a User-Mode Linux kernel"},
 		{"missing image", "[Guest]\nRootImage=" + dir + "/missing.img\n", "RootImage=" + dir + "/missing.img: no such file or directory"},
 		{"unreadable image", "[Guest]\nRootImage=" + secret + "\n", "user uml-ok (uid 2000, gid 2000) may not read it"},
 		{"unreachable without chroot", "[Guest]\nRootImage=" + hidden + "\nChroot=no\n", "directory " + private + " does not let it through"},
@@ -136,7 +136,7 @@ func TestPreflightRefuses(t *testing.T) {
 	others := []*config.Guest{parseGuest(t, "dns", "[Guest]\nRootImage=/srv/dns.img\n")}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			conf := "[Guest]\nRootImage=" + image + "\nCow=" + dir + "/ok.cow\nUser=uml-ok\n" + tt.conf
+			conf := "[Guest]\nKernel=" + kernel + "\nRootImage=" + image + "\nCow=" + dir + "/ok.cow\nUser=uml-ok\n" + tt.conf
 			g := parseGuest(t, "g", conf)
 			_, err := preflight(context.Background(), newFakeAccounts(), g, others, NewLayout(t.TempDir(), "g"), discardLog{}, nil)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
@@ -150,8 +150,8 @@ func TestPreflightRefuses(t *testing.T) {
 }
 
 func TestPreflightPlansTheJail(t *testing.T) {
-	testbed.RequireCommands(t, "linux.uml")
 	dir, image := images(t)
+	kernel := fakeKernelFile(t, dir)
 	spool := filepath.Join(dir, "spool.img")
 	if err := os.WriteFile(spool, nil, 0o666); err != nil {
 		t.Fatal(err)
@@ -162,7 +162,7 @@ func TestPreflightPlansTheJail(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			db := newFakeAccounts()
-			g := parseGuest(t, "web", "[Guest]\nRootImage="+image+"\nCow="+dir+"/web.cow\nMemory=64M\n"+tt.conf)
+			g := parseGuest(t, "web", "[Guest]\nKernel="+kernel+"\nRootImage="+image+"\nCow="+dir+"/web.cow\nMemory=64M\n"+tt.conf)
 			p, err := preflight(context.Background(), db, g, nil, NewLayout("/run/uml", "web"), discardLog{}, nil)
 			if err != nil {
 				t.Fatal(err)

@@ -21,29 +21,49 @@ import (
 // between fork and exec.
 const ExecKernelCommand = "exec-kernel"
 
-// The exec stage's inherited descriptors, after stdin, stdout and stderr
-// (the console terminal).
+// The exec stage's descriptor table after stdin, stdout and stderr (the
+// console terminal). It is the one place that numbers them: stageFiles
+// lays the files out by it, and the kernel's command line names the tap by
+// it (KernelCommandLine).
 const (
 	stageSpecFD  = 3 // the stage reads its stageSpec here
 	stageErrorFD = 4 // it writes why it failed here; closed on exec
-	// Descriptors passed on to the kernel start here: the guest's tap.
-	stageExtraFD = 5
+	kernelTapFD  = 5 // kernelFiles.Tap, which the kernel inherits
 )
+
+// kernelFiles are the host files the kernel inherits besides its console.
+type kernelFiles struct {
+	Tap *os.File // the guest's tap (vec0:transport=fd), or nil
+}
+
+// stageFiles is the exec stage's exec.Cmd.ExtraFiles, laid out by the
+// table above: entry i becomes descriptor 3+i, and a nil entry is closed.
+func stageFiles(spec, errs *os.File, k kernelFiles) []*os.File {
+	files := make([]*os.File, kernelTapFD-2)
+	files[stageSpecFD-3] = spec
+	files[stageErrorFD-3] = errs
+	files[kernelTapFD-3] = k.Tap
+	return files
+}
 
 // stageSpec is what the exec stage does.
 type stageSpec struct {
 	Jail     jail.Spec
 	UID, GID int
-	Argv     []string
-	Env      []string
+	// Personality is the kernel's personality, locked before it runs
+	// (jail.LockPersonality).
+	Personality uint32
+	Argv        []string
+	Env         []string
 }
 
 // startStage starts the exec stage with the console terminal as its
-// standard descriptors and extra from stageExtraFD on, and calls started with its pid before letting it
-// go on. The kernel, once the stage executes it, has the same pid, and
-// leads its own process group. It returns when the kernel runs, or with
-// the stage's error.
-func startStage(self string, spec stageSpec, console *os.File, extra []*os.File, started func(pid int) error) (*exec.Cmd, error) {
+// standard descriptors and the kernel's files where the table above puts
+// them, and calls started with its pid before letting it go on. The
+// kernel, once the stage executes it, has the same pid, and leads its own
+// process group. It returns when the kernel runs, or with the stage's
+// error.
+func startStage(self string, spec stageSpec, console *os.File, files kernelFiles, started func(pid int) error) (*exec.Cmd, error) {
 	specR, specW, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -62,7 +82,7 @@ func startStage(self string, spec stageSpec, console *os.File, extra []*os.File,
 		Stdin:      console,
 		Stdout:     console,
 		Stderr:     console,
-		ExtraFiles: append([]*os.File{specR, errW}, extra...),
+		ExtraFiles: stageFiles(specR, errW, files),
 		SysProcAttr: &syscall.SysProcAttr{
 			// Go makes the new namespace's mounts private, so nothing the
 			// stage mounts propagates to the host.
@@ -121,6 +141,9 @@ func execKernel() error {
 	}
 	if err := jail.DropPrivileges(spec.UID, spec.GID); err != nil {
 		return fmt.Errorf("dropping privileges: %w", err)
+	}
+	if err := jail.LockPersonality(spec.Personality); err != nil {
+		return err
 	}
 	err := unix.Exec(spec.Argv[0], spec.Argv, spec.Env)
 	return fmt.Errorf("executing %s: %w", spec.Argv[0], err)

@@ -305,7 +305,7 @@ func (s *Supervisor) start(ctx context.Context, p *plan, st *stateFile) (k *kern
 		s.Log.Event(journal.PriNotice, fmt.Sprintf("created COW file %s on %s", g.Cow, g.RootImage))
 	}
 
-	var extra []*os.File
+	var files kernelFiles
 	if g.Network != nil {
 		s.status("preparing the network")
 		tap, err := s.prepareNetwork(ctx, p, st)
@@ -313,7 +313,7 @@ func (s *Supervisor) start(ctx context.Context, p *plan, st *stateFile) (k *kern
 			return nil, err
 		}
 		defer tap.File.Close() // the kernel has its own copy
-		extra = append(extra, tap.File)
+		files.Tap = tap.File
 	}
 
 	s.status("preparing the jail")
@@ -359,12 +359,13 @@ func (s *Supervisor) start(ctx context.Context, p *plan, st *stateFile) (k *kern
 		k.proc = proc{PID: pid, Start: start}
 		return st.add(record{Kernel: &k.proc})
 	}
-	k.cmd, err = startStage(s.Self, stageSpec{Jail: p.jail, UID: acct.UID, GID: acct.GID, Argv: p.argv, Env: p.env}, peer, extra, started)
+	spec := stageSpec{Jail: p.jail, UID: acct.UID, GID: acct.GID, Personality: p.personality, Argv: p.argv, Env: p.env}
+	k.cmd, err = startStage(s.Self, spec, peer, files, started)
 	if err != nil {
 		master.Close()
 		return nil, err
 	}
-	s.Log.Event(journal.PriInfo, fmt.Sprintf("started the kernel (pid %d) as %s: %s", k.proc.PID, acct.User, strings.Join(p.argv, " ")))
+	s.Log.Event(journal.PriInfo, fmt.Sprintf("started Linux %s (pid %d) as %s: %s", p.release, k.proc.PID, acct.User, strings.Join(p.argv, " ")))
 	go func() {
 		var info unix.Siginfo
 		for {

@@ -1,0 +1,33 @@
+package supervisor
+
+import (
+	"os"
+	"regexp"
+	"strconv"
+	"testing"
+)
+
+// TestStageFiles checks that the kernel's command line and the exec
+// stage's descriptor table agree on where the tap is.
+func TestStageFiles(t *testing.T) {
+	spec, errs, tap := os.NewFile(100, "spec"), os.NewFile(101, "errors"), os.NewFile(102, "tap")
+	g := parseGuest(t, "web", "[Guest]\nRootImage=/srv/base.img\n[Network]\nBridge=br0\nAddress=10.1.1.10\n")
+	var fd int
+	for _, w := range KernelCommandLine(g, NewLayout(RuntimeDir, g.Name)) {
+		if m := regexp.MustCompile(`^vec0:transport=fd,fd=(\d+),`).FindStringSubmatch(w); m != nil {
+			fd, _ = strconv.Atoi(m[1])
+		}
+	}
+	if fd == 0 {
+		t.Fatal("the command line names no tap descriptor")
+	}
+	files := stageFiles(spec, errs, kernelFiles{Tap: tap})
+	for want, n := range map[*os.File]int{spec: stageSpecFD, errs: stageErrorFD, tap: fd} {
+		if i := n - 3; i < 0 || i >= len(files) || files[i] != want {
+			t.Errorf("descriptor %d is not %s", n, want.Name())
+		}
+	}
+	if files := stageFiles(spec, errs, kernelFiles{}); files[kernelTapFD-3] != nil {
+		t.Errorf("without a tap, descriptor %d is %s, want closed", kernelTapFD, files[kernelTapFD-3].Name())
+	}
+}
