@@ -58,7 +58,7 @@ type checkFinding struct {
 }
 
 func runCheck(ctx context.Context, env *Env, names []string, units, asJSON bool) error {
-	set, err := config.Loader{Dir: env.ConfigDir}.LoadAll()
+	set, err := env.loader().LoadAll()
 	if err != nil {
 		return err
 	}

@@ -50,10 +50,11 @@ func checkFindings() map[string][]supervisor.Finding {
 	return map[string][]supervisor.Finding{
 		"dns": {
 			{Severity: supervisor.Note, Message: "the guest's account uml-dns does not exist yet; the guest's first start creates it, as a system user without a login"},
+			{Severity: supervisor.Info, Message: "the guest boots Linux 6.1.192-umlsd (Kernel=/usr/local/libexec/umlsd/linux)"},
 			{Severity: supervisor.Skipped, Message: "Cow=/var/lib/uml/dns/root.cow: permission denied; not checked further, because umlctl check does not run as root"},
 		},
 		"web": {
-			{Severity: supervisor.Problem, Message: "Kernel=/usr/bin/linux.uml is not a program file; install user-mode-linux or fix Kernel="},
+			{Severity: supervisor.Problem, Message: "Kernel=/usr/bin/linux.uml is not a program file; install that kernel, or fix Kernel="},
 		},
 	}
 }

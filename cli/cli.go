@@ -62,6 +62,9 @@ type Env struct {
 
 	// ConfigDir holds the guests' configurations (/etc/uml).
 	ConfigDir string
+	// DefaultKernel is the default of Kernel=: umlsd's own kernel, where
+	// it was installed.
+	DefaultKernel string
 	// RuntimeDir holds the running guests' runtime directories (/run/uml),
 	// where each supervisor's control socket is.
 	RuntimeDir string
@@ -81,6 +84,13 @@ type Env struct {
 	Traffic func(context.Context, *config.Guest) (traffic, error)
 	// ConsoleLog reads a guest's last n console lines.
 	ConsoleLog func(ctx context.Context, name string, n int) ([]string, error)
+	// KernelRelease reads the release of the kernel binary at path.
+	KernelRelease func(path string) (string, error)
+}
+
+// loader reads the guests' configurations as the installed programs do.
+func (e *Env) loader() config.Loader {
+	return config.Loader{Dir: e.ConfigDir, Kernel: e.DefaultKernel}
 }
 
 // HostEnv is the Env of the host umlctl runs on. UMLSD_CONFIG_DIR and
@@ -88,16 +98,18 @@ type Env struct {
 func HostEnv(stdin io.Reader, stdout, stderr io.Writer) *Env {
 	runtimeDir := envOr("UMLSD_RUNTIME_DIR", "/run/uml")
 	return &Env{
-		Stdin:      stdin,
-		Stdout:     stdout,
-		Stderr:     stderr,
-		ConfigDir:  envOr("UMLSD_CONFIG_DIR", config.DefaultDir),
-		RuntimeDir: runtimeDir,
-		Now:        time.Now,
-		Systemd:    dialSystemd,
-		Kernel:     hostKernel(runtimeDir),
-		Traffic:    hostTraffic,
-		ConsoleLog: journalConsole,
+		Stdin:         stdin,
+		Stdout:        stdout,
+		Stderr:        stderr,
+		ConfigDir:     envOr("UMLSD_CONFIG_DIR", config.DefaultDir),
+		DefaultKernel: config.DefaultKernel,
+		RuntimeDir:    runtimeDir,
+		Now:           time.Now,
+		Systemd:       dialSystemd,
+		Kernel:        hostKernel(runtimeDir),
+		Traffic:       hostTraffic,
+		ConsoleLog:    journalConsole,
+		KernelRelease: kernelRelease,
 	}
 }
 

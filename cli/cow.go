@@ -347,7 +347,7 @@ func isTerminal(f *os.File) bool {
 // guestsWith names the configured guests for which match is true, valid
 // ones and those whose only problem is a conflict with another.
 func guestsWith(env *Env, match func(*config.Guest) bool) ([]string, error) {
-	set, err := config.Loader{Dir: env.ConfigDir}.LoadAll()
+	set, err := env.loader().LoadAll()
 	if err != nil {
 		return nil, fmt.Errorf("loading the guests' configurations: %w", err)
 	}

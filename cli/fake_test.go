@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"testing"
@@ -76,7 +77,17 @@ func newTestEnv(t *testing.T, configs map[string]string, sd *fakeSystemd) *Env {
 		Traffic: func(context.Context, *config.Guest) (traffic, error) {
 			return traffic{}, errors.New("no traffic in this test")
 		},
-		ConsoleLog: func(context.Context, string, int) ([]string, error) { return []string{}, nil },
+		ConsoleLog:    func(context.Context, string, int) ([]string, error) { return []string{}, nil },
+		DefaultKernel: "/usr/libexec/umlsd/linux",
+		KernelRelease: func(path string) (string, error) {
+			switch path {
+			case "/usr/libexec/umlsd/linux":
+				return "6.1.192-umlsd", nil
+			case "/usr/bin/linux.uml":
+				return "6.1.176", nil
+			}
+			return "", &fs.PathError{Op: "open", Path: path, Err: fs.ErrNotExist}
+		},
 	}
 }
 

@@ -34,7 +34,7 @@ func loadGuest(env *Env, name string) (*config.Guest, error) {
 	if err := requireGuest(env, name); err != nil {
 		return nil, err
 	}
-	g, err := config.Loader{Dir: env.ConfigDir}.Load(name)
+	g, err := env.loader().Load(name)
 	if err != nil {
 		return nil, fmt.Errorf("guest %s has a broken configuration: %w", name, err)
 	}

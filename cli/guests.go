@@ -86,7 +86,7 @@ func runList(ctx context.Context, env *Env, asJSON bool) error {
 }
 
 func listGuests(ctx context.Context, env *Env) ([]listEntry, error) {
-	set, err := config.Loader{Dir: env.ConfigDir}.LoadAll()
+	set, err := env.loader().LoadAll()
 	if err != nil {
 		return nil, err
 	}

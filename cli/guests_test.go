@@ -26,7 +26,12 @@ Address=192.0.2.53/24
 Address=2001:db8::53/64
 `,
 	"web": `[Guest]
+Kernel=/usr/bin/linux.uml
 RootImage=/srv/uml/web.img
+`,
+	"mail": `[Guest]
+Kernel=/opt/uml/linux
+RootImage=/srv/uml/mail.img
 `,
 	"broken": `[Guest]
 RootImage=relative.img
@@ -45,7 +50,7 @@ func TestGuestCommands(t *testing.T) {
 	}
 	failed := unitState{
 		LoadState: "loaded", ActiveState: "failed", SubState: "failed", Result: "exit-code", ExecMainStatus: 78,
-		StatusText: "failed: Kernel=/usr/bin/linux.uml is not a program file; install user-mode-linux or fix Kernel=",
+		StatusText: "failed: Kernel=/usr/bin/linux.uml is not a program file; install that kernel, or fix Kernel=",
 	}
 	for _, tc := range []struct {
 		name    string
@@ -130,6 +135,7 @@ func TestStatus(t *testing.T) {
 			kerr: errors.New("asking the supervisor of dns: no answer within 5s"), traffic: &counters,
 		},
 		{name: "status-unknown", args: []string{"status", "nope"}},
+		{name: "status-no-kernel", args: []string{"status", "mail"}, unit: unitState{ActiveState: "inactive", SubState: "dead"}},
 		{
 			// What the guest controls (its kernel's answers, its console,
 			// its STATUS= lines) reaches the terminal escaped.
@@ -140,7 +146,7 @@ func TestStatus(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			sd := &fakeSystemd{units: map[string]unitState{"uml@dns.service": tc.unit, "uml@web.service": tc.unit}}
+			sd := &fakeSystemd{units: map[string]unitState{"uml@dns.service": tc.unit, "uml@web.service": tc.unit, "uml@mail.service": tc.unit}}
 			env := newTestEnv(t, testConfigs, sd)
 			env.Kernel = func(_ context.Context, name string) (kernelInfo, error) {
 				if tc.kernel != nil {

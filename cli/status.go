@@ -16,6 +16,7 @@ import (
 	"umlsd/internal/printable"
 	"umlsd/netprep"
 	"umlsd/supervisor"
+	"umlsd/umlkernel"
 )
 
 // kernelInfo is what a running guest's supervisor and kernel say of it.
@@ -64,11 +65,20 @@ type statusReport struct {
 	RootImage   string      `json:"root_image"`
 	Cow         string      `json:"cow,omitempty"`
 	Network     *netSummary `json:"network,omitempty"`
+	KernelFile  kernelFile  `json:"kernel_file"`
 	Kernel      *kernelInfo `json:"kernel"`
 	Traffic     *traffic    `json:"traffic,omitempty"`
 	Console     []string    `json:"console"`
 	// Problems are what could not be read, one sentence each.
 	Problems []string `json:"problems,omitempty"`
+}
+
+// kernelFile is the kernel binary the guest boots (Kernel=).
+type kernelFile struct {
+	Path    string `json:"path"`
+	Release string `json:"release,omitempty"`
+	// Problem is why the release could not be read.
+	Problem string `json:"problem,omitempty"`
 }
 
 type netSummary struct {
@@ -123,6 +133,12 @@ func guestStatus(ctx context.Context, env *Env, g *config.Guest, lines int) (*st
 	r := &statusReport{
 		Name: g.Name, Description: g.Description, Config: g.Path, Unit: g.UnitName(),
 		Memory: g.Memory, RootImage: g.RootImage, Cow: g.Cow, Console: []string{},
+		KernelFile: kernelFile{Path: g.Kernel},
+	}
+	if rel, err := env.KernelRelease(g.Kernel); err != nil {
+		r.KernelFile.Problem = err.Error()
+	} else {
+		r.KernelFile.Release = printable.Line(rel)
 	}
 	if n := g.Network; n != nil {
 		r.Network = &netSummary{Bridge: n.Bridge, Tap: n.Tap, MAC: n.MAC.String(), Addresses: []string{}}
@@ -201,11 +217,16 @@ func printStatus(w io.Writer, r *statusReport, now time.Time) {
 	if r.StatusText != "" {
 		row("Status", "%s", r.StatusText)
 	}
+	if f := r.KernelFile; f.Problem != "" {
+		row("Kernel", "%s (%s)", f.Path, f.Problem)
+	} else {
+		row("Kernel", "%s, Linux %s", f.Path, f.Release)
+	}
 	switch k := r.Kernel; {
 	case k == nil:
-		row("Kernel", "not running")
+		row("Process", "not running")
 	case k.Problem != "":
-		row("Kernel", "unknown: %s", k.Problem)
+		row("Process", "unknown: %s", k.Problem)
 	default:
 		var s []string
 		switch {
@@ -228,7 +249,7 @@ func printStatus(w io.Writer, r *statusReport, now time.Time) {
 		if k.Version != "" {
 			s = append(s, k.Version)
 		}
-		row("Kernel", "%s", strings.Join(s, ", "))
+		row("Process", "%s", strings.Join(s, ", "))
 	}
 	row("Memory", "%s", config.FormatSize(r.Memory))
 	if r.Cow != "" {
@@ -266,6 +287,15 @@ func formatDuration(d time.Duration) string {
 		return fmt.Sprintf("%dh %dmin", int(d.Hours()), int(d.Minutes())%60)
 	}
 	return fmt.Sprintf("%d days %dh", int(d.Hours()/24), int(d.Hours())%24)
+}
+
+// kernelRelease reads the release of the kernel binary at path.
+func kernelRelease(path string) (string, error) {
+	k, err := umlkernel.Inspect(path)
+	if err != nil {
+		return "", err
+	}
+	return k.Release, nil
 }
 
 // hostTraffic reads a running guest's counters: its tap's through netlink,

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"umlsd/cli"
+	"umlsd/config"
 	"umlsd/generator"
 )
 
@@ -18,6 +19,10 @@ import (
 // it at link time, as uml-generator's, so that check --units prints the
 // links the installed generator writes.
 var templatePath = generator.DefaultTemplate
+
+// kernelPath is where make install puts umlsd's kernel, the default of
+// Kernel=; the Makefile sets it at link time in each program.
+var kernelPath = config.DefaultKernel
 
 func main() {
 	ctx, stop := interruptible(context.Background())
@@ -49,6 +54,7 @@ func interruptible(parent context.Context) (context.Context, context.CancelFunc)
 func run(ctx context.Context, args []string) error {
 	env := cli.HostEnv(os.Stdin, os.Stdout, os.Stderr)
 	env.Units = generator.Options{Template: templatePath, InContainer: inContainer()}
+	env.DefaultKernel = kernelPath
 	return cli.Run(ctx, args, env)
 }
 
