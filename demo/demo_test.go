@@ -43,7 +43,10 @@ func TestDemo(t *testing.T) {
 	run("systemctl", "start", "uml@dns")
 	fmt.Printf("(took %v)\n", time.Since(start).Round(time.Millisecond))
 	run("systemctl", "status", "--no-pager", "-n", "0", "uml@dns")
-	run("sh", "-c", "k=$(pgrep -o -u uml-dns linux.uml); grep -E '^(Uid|CapEff|NoNewPrivs)' /proc/$k/status; echo \"root: $(readlink /proc/$k/root)\"")
+	say("the guest boots umlsd's own kernel (no modules, no hostfs), unprivileged, chrooted, without address randomisation")
+	run("umlctl", "status", "-n", "0", "dns")
+	run("sh", "-c", "k=$(pgrep -P $(systemctl show -P MainPID uml@dns)); echo \"kernel: $(readlink /proc/$k/exe)\"; "+
+		"grep -E '^(Uid|CapEff|NoNewPrivs)' /proc/$k/status; echo \"root: $(readlink /proc/$k/root)\"; echo \"personality: $(cat /proc/$k/personality)\"")
 	run("ip", "-br", "link", "show", "master", "br0")
 	run("journalctl", "--no-pager", "-u", "uml@dns", "-o", "cat", "-g", "firewall|tap|ready")
 

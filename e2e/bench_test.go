@@ -20,18 +20,19 @@ import (
 const benchStartup = "echo UMLSD-BENCH-UP\n"
 
 // BenchmarkSupervisor measures what the supervisor adds to a guest's start
-// and stop, against the same kernel and image run bare on the host:
+// and stop, against the same kernel and image run bare on the host, for
+// umlsd's kernel and for Debian's:
 //
-//   - start-overhead-ms: systemctl start to active (systemd's timestamps)
-//     for a Ready=kernel guest, minus the bare kernel's time from exec to
-//     its management console notification;
+//   - start-ms: systemctl start to active (systemd's timestamps) for a
+//     Ready=kernel guest; start-overhead-ms: that minus the bare kernel's
+//     time from exec to its management console notification;
 //   - rss-kB: the supervisor's resident memory while the guest runs;
 //   - stop-overhead-ms: systemctl stop (less the cost of running a command
 //     in the machine) for a guest that shuts down on Ctrl-Alt-Del, minus
 //     the bare kernel's time from cad to exit.
 func BenchmarkSupervisor(b *testing.B) {
 	testbed.RequireRoot(b)
-	testbed.RequireCommands(b, "systemd-nspawn", "make", "go", "linux.uml", "mke2fs", "busybox")
+	testbed.RequireCommands(b, "systemd-nspawn", "make", "go", "linux.uml", "mke2fs", "busybox", "setarch")
 	img := filepath.Join(b.TempDir(), "bench.img")
 	if err := guestimage.Build(b.Context(), img, guestimage.Spec{Size: 32 << 20, Startup: benchStartup}); err != nil {
 		b.Fatal(err)
@@ -40,12 +41,23 @@ func BenchmarkSupervisor(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	conf := "[Guest]\nRootImage=" + imageDir + "/bench.img\nMemory=64M\n"
 	m := testbed.Boot(b.Context(), b, testbed.Options{Install: true, Files: map[string][]byte{
-		imageDir + "/bench.img": data,
-		"/etc/uml/bench.conf":   []byte("[Guest]\nRootImage=" + imageDir + "/bench.img\nMemory=64M\n"),
+		imageDir + "/bench.img":   data,
+		"/etc/uml/bench.conf":     []byte(conf),
+		"/etc/uml/bench-deb.conf": []byte(conf + debianKernel),
 	}})
+	for _, k := range []struct{ name, unit, bare string }{
+		{"umlsd", "uml@bench.service", testbed.ProjectKernel(b)},
+		{"debian", "uml@bench-deb.service", "/usr/bin/linux.uml"},
+	} {
+		b.Run("kernel="+k.name, func(b *testing.B) { benchSupervisor(b, m, k.unit, k.bare, img) })
+	}
+}
+
+func benchSupervisor(b *testing.B, m *testbed.Machine, unit, kernel, img string) {
 	usec := func(prop string) time.Duration {
-		v, err := strconv.ParseInt(show(b, m, "uml@bench.service", prop), 10, 64)
+		v, err := strconv.ParseInt(show(b, m, unit, prop), 10, 64)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -54,14 +66,14 @@ func BenchmarkSupervisor(b *testing.B) {
 	var start, stop, bareBoot, bareStop time.Duration
 	var rss int
 	for b.Loop() {
-		boot, shutdown := bareKernel(b, img)
+		boot, shutdown := bareKernel(b, kernel, img)
 		bareBoot += boot
 		bareStop += shutdown
 
-		m.MustRun(b, "systemctl", "start", "uml@bench.service")
+		m.MustRun(b, "systemctl", "start", unit)
 		start += usec("ActiveEnterTimestampMonotonic") - usec("InactiveExitTimestampMonotonic")
-		waitJournal(b, m, "uml@bench.service", "UMLSD-BENCH-UP")
-		status := m.MustRun(b, "cat", "/proc/"+show(b, m, "uml@bench.service", "MainPID")+"/status")
+		waitJournal(b, m, unit, "UMLSD-BENCH-UP")
+		status := m.MustRun(b, "cat", "/proc/"+show(b, m, unit, "MainPID")+"/status")
 		for _, line := range strings.Split(status, "\n") {
 			if f := strings.Fields(line); len(f) == 3 && f[0] == "VmRSS:" {
 				kb, _ := strconv.Atoi(f[1])
@@ -74,7 +86,7 @@ func BenchmarkSupervisor(b *testing.B) {
 		t0 := time.Now()
 		m.MustRun(b, "true")
 		t1 := time.Now()
-		m.MustRun(b, "systemctl", "stop", "uml@bench.service")
+		m.MustRun(b, "systemctl", "stop", unit)
 		stop += time.Since(t1) - t1.Sub(t0)
 		m.MustRun(b, "journalctl", "--rotate", "--vacuum-files=1")
 	}
@@ -89,10 +101,11 @@ func BenchmarkSupervisor(b *testing.B) {
 	b.ReportMetric(ms(stop-bareStop), "stop-overhead-ms")
 }
 
-// bareKernel boots the image with the kernel alone, as root on the host,
-// and returns the time from exec to the management console notification
-// and, once the guest's userspace is up, from cad to the kernel's exit.
-func bareKernel(b *testing.B, img string) (boot, shutdown time.Duration) {
+// bareKernel boots the image with the kernel alone, as root on the host
+// (without address randomisation, as the supervisor runs it), and returns
+// the time from exec to the management console notification and, once the
+// guest's userspace is up, from cad to the kernel's exit.
+func bareKernel(b *testing.B, kernel, img string) (boot, shutdown time.Duration) {
 	b.Helper()
 	b.StopTimer()
 	defer b.StartTimer()
@@ -106,7 +119,7 @@ func bareKernel(b *testing.B, img string) (boot, shutdown time.Duration) {
 		b.Fatal(err)
 	}
 	defer notes.Close()
-	cmd := exec.Command("linux.uml", "ubd0="+dir+"/cow,"+img, "root=/dev/ubda", "mem=64M", "umid=bench",
+	cmd := exec.Command("setarch", "x86_64", "--addr-no-randomize", kernel, "ubd0="+dir+"/cow,"+img, "root=/dev/ubda", "mem=64M", "umid=bench",
 		"uml_dir="+dir, "mconsole=notify:"+dir+"/notify", "con=null", "ssl=null", "con0=fd:0,fd:1")
 	cmd.Env = []string{"TMPDIR=" + dir}
 	t0 := time.Now()

@@ -62,7 +62,7 @@ func TestSystemdLoadsGeneratedUnits(t *testing.T) {
 		"# /lib/systemd/system/uml@.service",
 		"# /run/systemd/generator/uml@dns.service.d/10-umlsd.conf",
 		"SourcePath=/etc/uml/dns.conf",
-		"RequiresMountsFor=/usr/bin/linux.uml /var/lib/uml/images/debian-bind.img /var/lib/uml/dns/root.cow",
+		"RequiresMountsFor=" + projectKernel + " /var/lib/uml/images/debian-bind.img /var/lib/uml/dns/root.cow",
 	} {
 		if !strings.Contains(cat, want) {
 			t.Errorf("systemctl cat uml@dns lacks %q:\n%s", want, cat)

@@ -24,6 +24,7 @@ const imageDir = "/var/lib/uml/images"
 const guestStartup = `args=" $(cat /proc/cmdline) "
 has() { case "$args" in *" umlsd.$1 "*) return 0;; esac; return 1; }
 echo "UMLSD-BOOTED"
+echo "UMLSD-MEMTOTAL: $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) kB"
 [ -f /var/umlsd-shutdown ] && echo "UMLSD-SHUTDOWN-MARKER: $(cat /var/umlsd-shutdown)"
 [ -f /var/umlsd-written ] && echo "UMLSD-WRITTEN-MARKER: $(cat /var/umlsd-written)"
 echo "written at boot, not synced" > /var/umlsd-written
@@ -51,6 +52,13 @@ true
 // readyConsole makes a guest ready once its userspace runs: guests that are
 // stopped as soon as they are ready must have an init that handles cad.
 const readyConsole = "Ready=console:^UMLSD-READY$\n"
+
+// projectKernel is umlsd's own kernel, the default Kernel=, where make
+// install puts it in the machine; debianKernel boots Debian's instead.
+const (
+	projectKernel = "/usr/local/libexec/umlsd/linux"
+	debianKernel  = "Kernel=/usr/bin/linux.uml\n"
+)
 
 // secret is a host file no guest may read.
 const secret = "host secret 4f1c"
@@ -165,12 +173,14 @@ func requireNothingLeft(t *testing.T, m *testbed.Machine, name string) {
 }
 
 // TestGuestLifecycle: start returns when the guest is ready, for each kind
-// of readiness; the kernel runs unprivileged in its jail; the console is in
-// the journal; stop shuts the guest down cleanly and leaves nothing.
+// of readiness; the kernel runs unprivileged in its jail, with its
+// personality locked; the console is in the journal; stop shuts the guest
+// down cleanly and leaves nothing. Guest c boots Debian's kernel, which has
+// hostfs, and stays supported; the others umlsd's own (the default).
 func TestGuestLifecycle(t *testing.T) {
 	m := bootWithGuests(t, map[string]string{
 		"k": guestConf("guest.img", "ReadyTimeout=8s\n", "umlsd.slow"),
-		"c": guestConf("guest.img", readyConsole, "umlsd.slow umlsd.hostfs"),
+		"c": guestConf("guest.img", readyConsole+debianKernel, "umlsd.slow umlsd.hostfs"),
 		"n": guestConf("guest.img", "Ready=notify\n[Service]\nWatchdogSec=2s\n", "umlsd.slow umlsd.notify"),
 	})
 	// Every guest's userspace sleeps 3 s before it says it is ready; the
@@ -240,7 +250,7 @@ func TestGuestLifecycle(t *testing.T) {
 		// with the access it needs.
 		want := map[string]string{
 			"/":                               "ro",
-			"/usr/bin/linux.uml":              "ro",
+			projectKernel:                     "ro",
 			"/lib64/ld-linux-x86-64.so.2":     "ro",
 			"/lib/x86_64-linux-gnu/libc.so.6": "ro",
 			imageDir + "/guest.img":           "ro",
@@ -264,6 +274,23 @@ func TestGuestLifecycle(t *testing.T) {
 		// Every process of the kernel runs as the guest's user.
 		if out, _, err := m.Run(t.Context(), "pgrep", "-a", "-g", pid, "-u", "root"); err == nil {
 			t.Errorf("processes of the kernel's group run as root:\n%s", out)
+		}
+	})
+
+	t.Run("no address randomisation, whichever kernel", func(t *testing.T) {
+		for _, name := range []string{"k", "c", "n"} {
+			unit := "uml@" + name + ".service"
+			pid := kernelPID(t, m, unit)
+			if p := strings.TrimSpace(m.MustRun(t, "cat", "/proc/"+pid+"/personality")); p != "00040000" {
+				t.Errorf("the kernel of %s has personality %s, want 00040000 (ADDR_NO_RANDOMIZE)", unit, p)
+			}
+			// The path as the machine sees it, through the jail's root.
+			if exe := strings.TrimSpace(m.MustRun(t, "readlink", "/proc/"+pid+"/exe")); name == "c" && !strings.HasSuffix(exe, "/usr/bin/linux.uml") {
+				t.Errorf("%s runs %s, not Debian's kernel", unit, exe)
+			}
+			if j := journal(t, m, "-u", unit); strings.Contains(j, "exec-shield gap") {
+				t.Errorf("the kernel of %s added an exec-shield gap to its memory", unit)
+			}
 		}
 	})
 

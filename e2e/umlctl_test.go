@@ -87,7 +87,8 @@ func TestUmlctlGuests(t *testing.T) {
 
 	t.Run("status", func(t *testing.T) {
 		out, _ := mustUmlctl(t, m, 0, "status", "run")
-		for _, want := range []string{"● run", "uml@run.service: active (running), ready since", "Kernel: pid ", ", up ", "UMLSD-READY"} {
+		for _, want := range []string{"● run", "uml@run.service: active (running), ready since", "Process: pid ", ", up ", "UMLSD-READY",
+			"Kernel: " + projectKernel + ", Linux 6.1."} {
 			if !strings.Contains(out, want) {
 				t.Errorf("umlctl status run lacks %q:\n%s", want, out)
 			}
@@ -96,7 +97,7 @@ func TestUmlctlGuests(t *testing.T) {
 			t.Errorf("umlctl status run does not show the kernel's version:\n%s", out)
 		}
 		out, _ = mustUmlctl(t, m, 3, "status", "idle")
-		if !strings.Contains(out, "Kernel: not running") {
+		if !strings.Contains(out, "Process: not running") || !strings.Contains(out, "Kernel: "+projectKernel+", Linux 6.1.") {
 			t.Errorf("umlctl status of a stopped guest:\n%s", out)
 		}
 		_, errOut := mustUmlctl(t, m, 1, "status", "broken")

@@ -18,9 +18,7 @@ package bastion
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -40,13 +38,13 @@ const dnsStartup = `args=" $(cat /proc/cmdline) "
 has() { case "$args" in *" umlsd.$1 "*) return 0;; esac; return 1; }
 arg() { for w in $args; do case "$w" in "umlsd.$1="*) echo "${w#*=}"; return;; esac; done; }
 echo "UMLSD-BOOTED"
-# The kernel has IPv6 (and macvlan, for the probes) as modules.
-for m in /lib/umlsd-modules/*.ko; do insmod "$m"; done
 # ARP requests always come from the guest's own address, whatever address
 # the packet that needs them comes from; IPv6 addresses are used at once (no
-# duplicate address detection: busybox ip has no nodad).
+# duplicate address detection: busybox ip has no nodad) and kept while vec0
+# is down. (umlsd's kernel has IPv6 built in: the image carries no module.)
 sysctl -qw net.ipv4.conf.all.arp_announce=2 \
-	net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.vec0.accept_dad=0
+	net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.vec0.accept_dad=0 \
+	net.ipv6.conf.vec0.keep_addr_on_down=1
 ip link set vec0 up
 for a in $(arg addr | tr , ' '); do
 	case "$a" in
@@ -152,15 +150,19 @@ ip addr add 10.1.1.77/32 dev vec0
 ok spoof-arp arping -c 1 -w 2 -I vec0 -s 10.1.1.77 10.1.1.1
 ip addr del 10.1.1.77/32 dev vec0
 
-# A forged MAC, from a macvlan on vec0 (vec0 itself cannot change its MAC:
-# that takes the link down, and the vector driver closes the descriptor it
-# was given): a connection the guest may open fails, and works again from
-# vec0.
-ip link add link vec0 name forged address ` + ForgedMAC + ` type macvlan mode private
-ip link set forged up
-ip route add 10.1.1.1/32 dev forged src "$own"
+# A forged MAC: vec0 takes another for a while (it goes down and up for
+# that, which umlsd's kernel allows): a connection the guest may open
+# fails, and works again with the guest's own MAC.
+setmac() {
+	ip link set vec0 down
+	ip link set vec0 address "$1"
+	ip link set vec0 up
+	ip route add default via 10.1.1.1
+}
+mac=$(cat /sys/class/net/vec0/address)
+setmac ` + ForgedMAC + `
 tcp spoof-mac 10.1.1.1 8081
-ip link del forged
+setmac "$mac"
 tcp host-8081-again 10.1.1.1 8081
 say done yes
 `
@@ -177,9 +179,9 @@ const (
 	SyslogForged = "UMLSD-SYSLOG-FORGED"
 )
 
-// imageFile builds the DNS guest's image, dns.img: busybox, dnsmasq and
-// the kernel's IPv6 and macvlan modules, with dnsStartup, dnsServer, dnsProbes, and
-// busybox nc listeners on tcp/22 ("guest-22") and tcp/2222 ("guest-2222").
+// imageFile builds the DNS guest's image, dns.img: busybox and dnsmasq,
+// with dnsStartup, dnsServer, dnsProbes, and busybox nc listeners on
+// tcp/22 ("guest-22") and tcp/2222 ("guest-2222").
 func imageFile(t *testing.T) []byte {
 	t.Helper()
 	spec := guestimage.Spec{
@@ -192,7 +194,7 @@ func imageFile(t *testing.T) []byte {
 			"exec nc -ll -p 22 -e /bin/echo guest-22",
 			"exec nc -ll -p 2222 -e /bin/echo guest-2222",
 		},
-		Files:      append(guestModules(t), guestimage.File{Path: "/etc/umlsd-probes", Mode: 0o755, Data: []byte(dnsProbes)}),
+		Files:      []guestimage.File{{Path: "/etc/umlsd-probes", Mode: 0o755, Data: []byte(dnsProbes)}},
 		CtrlAltDel: guestimage.Poweroff,
 	}
 	img := path.Join(t.TempDir(), "dns.img")
@@ -204,55 +206,6 @@ func imageFile(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	return data
-}
-
-// guestModules are the UML kernel's modules the DNS guest loads, ipv6.ko
-// and macvlan.ko, with the modules they depend on, as files of
-// /lib/umlsd-modules whose names sort in load order.
-func guestModules(t *testing.T) []guestimage.File {
-	t.Helper()
-	out, err := exec.CommandContext(t.Context(), "linux.uml", "--version").Output()
-	if err != nil {
-		t.Fatalf("linux.uml --version: %v", err)
-	}
-	dir := "/usr/lib/uml/modules/" + strings.TrimSpace(string(out))
-	dep, err := os.ReadFile(dir + "/modules.dep")
-	if err != nil {
-		t.Fatalf("the UML kernel's modules: %v", err)
-	}
-	deps := map[string][]string{}
-	for _, line := range strings.Split(string(dep), "\n") {
-		if mod, list, ok := strings.Cut(line, ":"); ok {
-			deps[mod] = strings.Fields(list)
-		}
-	}
-	var mods []string
-	seen := map[string]bool{}
-	for _, mod := range []string{"kernel/net/ipv6/ipv6.ko", "kernel/drivers/net/macvlan.ko"} {
-		list, ok := deps[mod]
-		if !ok {
-			t.Fatalf("%s/modules.dep has no %s", dir, mod)
-		}
-		// modules.dep lists a module's dependencies so that the last one
-		// loads first.
-		order := append(slices.Clone(list), mod)
-		slices.Reverse(order[:len(list)])
-		for _, m := range order {
-			if !seen[m] {
-				seen[m] = true
-				mods = append(mods, m)
-			}
-		}
-	}
-	var files []guestimage.File
-	for i, mod := range mods {
-		data, err := os.ReadFile(dir + "/" + mod)
-		if err != nil {
-			t.Fatalf("the UML kernel's modules: %v", err)
-		}
-		files = append(files, guestimage.File{Path: fmt.Sprintf("/lib/umlsd-modules/%02d-%s", i, path.Base(mod)), Data: data})
-	}
-	return files
 }
 
 // testNetwork builds the test network inside the machine (see the top of
@@ -316,7 +269,7 @@ var listeners = []struct{ name, netns, cmd string }{
 func Boot(t *testing.T, configs map[string]string) *testbed.Machine {
 	t.Helper()
 	testbed.RequireRoot(t)
-	testbed.RequireCommands(t, "systemd-nspawn", "make", "go", "linux.uml", "mke2fs", "busybox",
+	testbed.RequireCommands(t, "systemd-nspawn", "make", "go", "mke2fs", "busybox",
 		"dnsmasq", "dig", "ip", "iptables", "ip6tables", "ebtables", "perl", "dmesg")
 	hosts, err := os.ReadFile("/etc/hosts")
 	if err != nil {
