@@ -43,6 +43,7 @@ var required = map[string]string{
 	"VT":                 "n",
 	"SYSFS_DEPRECATED":   "n",
 	"RAID6_PQ_BENCHMARK": "n",
+	"VMAP_STACK":         "n", // boots hang (umlsd.config)
 	// In: what umlsd uses.
 	"BLK_DEV_UBD":    "y",
 	"UML_NET_VECTOR": "y",
