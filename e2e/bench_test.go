@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -119,11 +118,8 @@ func bareKernel(b *testing.B, kernel, img string) (boot, shutdown time.Duration)
 		b.Fatal(err)
 	}
 	defer notes.Close()
-	cmd := exec.Command("setarch", "x86_64", "--addr-no-randomize", kernel, "ubd0="+dir+"/cow,"+img, "root=/dev/ubda", "mem=64M", "umid=bench",
-		"uml_dir="+dir, "mconsole=notify:"+dir+"/notify", "con=null", "ssl=null", "con0=fd:0,fd:1")
-	cmd.Env = []string{"TMPDIR=" + dir}
 	t0 := time.Now()
-	k := umltest.Start(b, cmd)
+	k := umltest.Start(b, umltest.BareCommand(kernel, img, dir, "64M"))
 	defer k.Kill()
 	n, err := notes.Receive(b.Context())
 	if err != nil || n.Type != mconsole.NotifySocket {

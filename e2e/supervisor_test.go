@@ -376,7 +376,20 @@ func TestFailures(t *testing.T) {
 		"bad": "[Guest]\nRootImage=" + imageDir + "/missing.img\n",
 		"p":   guestConf("guest.img", readyConsole, "umlsd.panic"),
 		"w":   guestConf("guest.img", "[Service]\nWatchdogSec=2s\nRestart=no\n", "umlsd.none"),
+		"lp":  guestConf("guest.img", "[Service]\nRestart=no\n", "umlsd.none"),
 	})
+	// The configuration refuses LockPersonality=; a drop-in of the
+	// administrator's own is explained.
+	m.WriteFile(t, "/etc/systemd/system/uml@lp.service.d/lock.conf", []byte("[Service]\nLockPersonality=yes\n"), 0o644)
+	m.MustRun(t, "systemctl", "daemon-reload")
+	if _, _, err := m.Run(t.Context(), "systemctl", "start", "uml@lp.service"); err == nil {
+		t.Error("a guest whose unit locks its personality started")
+	}
+	if got := show(t, m, "uml@lp.service", "StatusText"); !strings.Contains(got, "remove LockPersonality= from its drop-ins") {
+		t.Errorf("status %q does not say to remove LockPersonality=", got)
+	}
+	requireNothingLeft(t, m, "lp")
+
 	if _, _, err := m.Run(t.Context(), "systemctl", "start", "uml@bad.service"); err == nil {
 		t.Fatal("a guest without its image started")
 	}

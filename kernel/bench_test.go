@@ -30,16 +30,6 @@ func benchKernels(b *testing.B) []benchKernel {
 	return []benchKernel{{"umlsd", testbed.ProjectKernel(b)}, {"debian", debian}}
 }
 
-// bootCommand runs kernel on img (through a COW file in dir) with mem, as
-// the supervisor does: without address randomisation, its runtime files
-// and memory in dir, its first console on its standard descriptors.
-func bootCommand(kernel, img, dir, mem string) *exec.Cmd {
-	cmd := exec.Command("setarch", "x86_64", "--addr-no-randomize", kernel, "ubd0="+dir+"/cow,"+img, "root=/dev/ubda", "mem="+mem,
-		"umid=bench", "uml_dir="+dir, "mconsole=notify:"+dir+"/notify", "con=null", "ssl=null", "con0=fd:0,fd:1")
-	cmd.Env = []string{"TMPDIR=" + dir}
-	return cmd
-}
-
 // quickInit says one line and powers off at once.
 const quickInit = "#!/bin/busybox sh\necho UMLSD-INIT\n/bin/busybox poweroff -f\n"
 
@@ -55,7 +45,7 @@ func bootTimes(b *testing.B, kernel, img string) (notify, init, exit time.Durati
 	}
 	defer notes.Close()
 	t0 := time.Now()
-	k := umltest.Start(b, bootCommand(kernel, img, dir, "48M"))
+	k := umltest.Start(b, umltest.BareCommand(kernel, img, dir, "48M"))
 	if n, err := notes.Receive(b.Context()); err != nil || n.Type != mconsole.NotifySocket {
 		b.Fatalf("%s: no management console notification: %v %v", kernel, n, err)
 	}
@@ -113,7 +103,7 @@ func BenchmarkIdleMemory(b *testing.B) {
 	for b.Loop() {
 		for i, k := range kernels {
 			dir := b.TempDir()
-			kern := umltest.Start(b, bootCommand(k.path, img, dir, "64M"))
+			kern := umltest.Start(b, umltest.BareCommand(k.path, img, dir, "64M"))
 			ctx, cancel := context.WithTimeout(b.Context(), time.Minute)
 			if err := kern.WaitConsole(ctx, "UMLSD-IDLE"); err != nil {
 				cancel()

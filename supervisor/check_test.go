@@ -102,7 +102,6 @@ func TestCheck(t *testing.T) {
 	}
 	const (
 		base   = "[Guest]\nKernel=DIR/linux\nRootImage=IMAGE\nCow=DIR/new.cow\nUser=uml-ok\n"
-		boots  = "info: the guest boots Linux 6.1.0-test (Kernel=DIR/linux)"
 		newCow = "note: the COW file DIR/new.cow does not exist yet; the guest's first start creates it on RootImage=IMAGE"
 		bridge = "[Network]\nBridge=umlsd-nobr\nAddress=10.0.0.2\n"
 		noBr   = "problem: /etc/uml/g.conf: Bridge=umlsd-nobr: the bridge umlsd-nobr does not exist; create it, for example with systemd-networkd, or fix Bridge= (see uml.conf(5))"
@@ -197,6 +196,9 @@ func TestCheck(t *testing.T) {
 	}
 }
 
+// boots is the info finding for the kernel fakeKernelFile makes.
+const boots = "info: the guest boots Linux 6.1.0-test (Kernel=DIR/linux)"
+
 // fakeKernelFile makes dir/linux, a program that says it is a User-Mode Linux
 // kernel: /usr/bin/true with a kernel's banner and build configuration.
 func fakeKernelFile(t *testing.T, dir string) string {
@@ -250,7 +252,6 @@ func TestCheckInUse(t *testing.T) {
 	kernel := fakeKernelFile(t, dir)
 	conf := "[Guest]\nKernel=" + kernel + "\nRootImage=" + image + "\nCow=" + cowFile + "\nUser=uml-ok\n"
 	inUse := "problem: COW file DIR/g.cow is in use by process PID"
-	const boots = "info: the guest boots Linux 6.1.0-test (Kernel=DIR/linux)"
 	for _, tt := range []struct {
 		name, conf, unit string
 		want             []string
@@ -327,7 +328,6 @@ func TestCheckBridge(t *testing.T) {
 	}
 	dir, image := images(t)
 	kernel := fakeKernelFile(t, dir)
-	const boots = "info: the guest boots Linux 6.1.0-test (Kernel=DIR/linux)"
 	for _, tt := range []struct {
 		bridge string
 		want   []string
@@ -388,7 +388,6 @@ func TestCheckNotRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := parseGuest(t, "g", "[Guest]\nKernel="+fakeKernelFile(t, dir)+"\nRootImage="+image+"\nCow="+private+"\nUser=uml-ok\n")
-	const boots = "info: the guest boots Linux 6.1.0-test (Kernel=DIR/linux)"
 	withoutDACOverride(t)
 	for _, tt := range []struct {
 		root bool

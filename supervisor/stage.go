@@ -142,9 +142,13 @@ func execKernel() error {
 	if err := jail.DropPrivileges(spec.UID, spec.GID); err != nil {
 		return fmt.Errorf("dropping privileges: %w", err)
 	}
-	if err := jail.LockPersonality(spec.Personality); err != nil {
+	err := jail.LockPersonality(spec.Personality)
+	if errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("%w; the unit may not lock the personality itself: remove LockPersonality= from its drop-ins", err)
+	}
+	if err != nil {
 		return err
 	}
-	err := unix.Exec(spec.Argv[0], spec.Argv, spec.Env)
+	err = unix.Exec(spec.Argv[0], spec.Argv, spec.Env)
 	return fmt.Errorf("executing %s: %w", spec.Argv[0], err)
 }

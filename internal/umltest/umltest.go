@@ -77,6 +77,17 @@ type Kernel struct {
 	killErr  error
 }
 
+// BareCommand runs kernel on img as the supervisor would, but bare on the
+// host: through a COW file in dir, with its runtime files and memory in
+// dir, its management console notifying dir/notify, its first console on
+// its standard descriptors, and without address randomisation.
+func BareCommand(kernel, img, dir, mem string) *exec.Cmd {
+	cmd := exec.Command("setarch", "x86_64", "--addr-no-randomize", kernel, "ubd0="+dir+"/cow,"+img, "root=/dev/ubda",
+		"mem="+mem, "umid=bare", "uml_dir="+dir, "mconsole=notify:"+dir+"/notify", "con=null", "ssl=null", "con0=fd:0,fd:1")
+	cmd.Env = []string{"TMPDIR=" + dir}
+	return cmd
+}
+
 // Start starts cmd, a linux.uml command, with its standard input on
 // /dev/null and its standard output and standard error in k.Console; it
 // overrides those fields of cmd and its SysProcAttr and WaitDelay.
