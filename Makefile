@@ -162,7 +162,7 @@ bench: build
 	$(GO) test -run '^$$' -bench Merge -benchtime 5x ./cow
 	@# make kernel from nothing, in a directory of its own.
 	@d=$$(mktemp -d) && t0=$$(date +%s.%N) && kernel/build $$d/kernel >$$d/log 2>&1 && \
-		echo "make kernel, cold: $$(echo "$$(date +%s.%N) - $$t0" | bc) s wall on $$(nproc) CPUs"; \
+		printf 'make kernel, cold: %.0f s wall on %s CPUs\n' "$$(echo "$$(date +%s.%N) - $$t0" | bc)" "$$(nproc)"; \
 		s=$$?; rm -rf $$d; exit $$s
 
 clean:
