@@ -322,6 +322,15 @@ func TestGuestLifecycle(t *testing.T) {
 		m.MustRun(t, "systemctl", "stop", "uml@k.service")
 		requireNothingLeft(t, m, "k")
 	})
+
+	t.Run("the same memory on every boot of Debian's kernel too", func(t *testing.T) {
+		timedStart(t, m, "uml@c.service")
+		m.MustRun(t, "systemctl", "stop", "uml@c.service")
+		got := consoleValues(t, m, "uml@c.service", "MEMTOTAL")
+		if len(got) != 2 || got[0] != got[1] {
+			t.Errorf("MemTotal of guest c's two boots: %q, want two equal values", got)
+		}
+	})
 }
 
 // TestStubbornGuest: a guest that ignores Ctrl-Alt-Del is stopped within
