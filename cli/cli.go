@@ -19,6 +19,7 @@ import (
 
 	"umlsd/config"
 	"umlsd/generator"
+	"umlsd/umlkernel"
 )
 
 // Exit statuses.
@@ -109,7 +110,7 @@ func HostEnv(stdin io.Reader, stdout, stderr io.Writer) *Env {
 		Kernel:        hostKernel(runtimeDir),
 		Traffic:       hostTraffic,
 		ConsoleLog:    journalConsole,
-		KernelRelease: kernelRelease,
+		KernelRelease: umlkernel.Release,
 	}
 }
 

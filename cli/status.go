@@ -16,7 +16,6 @@ import (
 	"umlsd/internal/printable"
 	"umlsd/netprep"
 	"umlsd/supervisor"
-	"umlsd/umlkernel"
 )
 
 // kernelInfo is what a running guest's supervisor and kernel say of it.
@@ -287,15 +286,6 @@ func formatDuration(d time.Duration) string {
 		return fmt.Sprintf("%dh %dmin", int(d.Hours()), int(d.Minutes())%60)
 	}
 	return fmt.Sprintf("%d days %dh", int(d.Hours()/24), int(d.Hours())%24)
-}
-
-// kernelRelease reads the release of the kernel binary at path.
-func kernelRelease(path string) (string, error) {
-	k, err := umlkernel.Inspect(path)
-	if err != nil {
-		return "", err
-	}
-	return k.Release, nil
 }
 
 // hostTraffic reads a running guest's counters: its tap's through netlink,

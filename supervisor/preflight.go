@@ -49,7 +49,7 @@ type plan struct {
 	jail    jail.Spec
 	// personality is the kernel's, locked (kernelPersonality).
 	personality uint32
-	release     string // the kernel's (umlkernel.Info.Release)
+	release     string // the kernel's (umlkernel.Release)
 	makeCow     bool   // the COW file does not exist yet
 	stateDir    string // the default COW file's directory, to create if missing
 	rules       netprep.RuleSet
@@ -197,12 +197,10 @@ func (in *inspection) checkKernel(context.Context) error {
 	if in.files, err = jail.ProgramFiles(g.Kernel); err != nil {
 		return hostErrorf("Kernel=%s cannot be run: %w", g.Kernel, err)
 	}
-	k, err := umlkernel.Inspect(g.Kernel)
-	if err != nil {
+	if in.release, err = umlkernel.Release(g.Kernel); err != nil {
 		return hostErrorf("Kernel=%s: %w; set Kernel= to a User-Mode Linux kernel", g.Kernel, unwrapPath(err))
 	}
-	in.release = k.Release
-	in.findings = append(in.findings, Finding{Severity: Info, Message: fmt.Sprintf("the guest boots Linux %s (Kernel=%s)", k.Release, g.Kernel)})
+	in.findings = append(in.findings, Finding{Severity: Info, Message: fmt.Sprintf("the guest boots Linux %s (Kernel=%s)", in.release, g.Kernel)})
 	return nil
 }
 
