@@ -40,8 +40,7 @@ DEB_PACKAGES := pkg-config systemd systemd-container user-mode-linux uml-utiliti
 # configuration fragments, applied after kernel/umlsd.config.
 KERNEL_SOURCE    := /usr/src/linux-source-6.1.tar.xz
 KERNEL_FRAGMENTS ?=
-KERNELDIR        := $(LIBEXECDIR)/umlsd
-KERNEL           := $(KERNELDIR)/linux
+KERNEL           := $(LIBEXECDIR)/umlsd/linux
 
 COMMANDS := uml-generator uml-supervisor umlctl
 UNITS    := uml@.service uml.target
@@ -161,9 +160,11 @@ bench: build
 	$(GO) test -run '^$$' -bench NetworkPrep -benchtime 20x ./netprep
 	$(GO) test -run '^$$' -bench Merge -benchtime 5x ./cow
 	@# make kernel from nothing, in a directory of its own.
-	@d=$$(mktemp -d) && t0=$$(date +%s.%N) && kernel/build $$d/kernel >$$d/log 2>&1 && \
-		printf 'make kernel, cold: %.0f s wall on %s CPUs\n' "$$(echo "$$(date +%s.%N) - $$t0" | bc)" "$$(nproc)"; \
-		s=$$?; rm -rf $$d; exit $$s
+	@d=$$(mktemp -d); t0=$$(date +%s.%N); \
+		if kernel/build $$d/kernel >$$d/log 2>&1; then s=0; \
+			printf 'make kernel, cold: %.0f s wall on %s CPUs\n' "$$(echo "$$(date +%s.%N) - $$t0" | bc)" "$$(nproc)"; \
+		else s=1; echo "make kernel, cold: failed:"; tail -n 20 $$d/log; fi; \
+		rm -rf $$d; exit $$s
 
 clean:
 	rm -rf bin build
